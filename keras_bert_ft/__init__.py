@@ -1,0 +1,46 @@
+"""keras_bert_ft: fine-tune BERT-family TF-Hub encoders with tf_keras.
+
+Public names are imported lazily, so `import keras_bert_ft` does no TensorFlow work.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "HubEncoder": "encoder",
+    "group_variables": "encoder",
+    "Preprocessor": "preprocessing",
+    "Examples": "data",
+    "load_examples": "data",
+    "examples_from_lists": "data",
+    "make_dataset": "data",
+    "build_classifier": "models",
+    "create_optimizer": "optimization",
+    "AdamW": "optimization",
+    "get_strategy": "strategy",
+    "export_saved_model": "export",
+    "load_export": "export",
+    "FineTuneConfig": "training",
+    "FineTuneResult": "training",
+    "fine_tune": "training",
+    "classification_metrics": "metrics",
+    "KbftError": "errors",
+    "convert_hf_bert": "convert",
+    "convert_tf1_bert": "convert",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        module = importlib.import_module(f"keras_bert_ft.{_EXPORTS[name]}")
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'keras_bert_ft' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

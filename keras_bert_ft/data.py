@@ -1,0 +1,242 @@
+"""Labelled text from files, DataFrames, Python lists or tensorflow-datasets -> tf.data.
+
+Files are read with pandas: CSV, TSV (quoting off: SST-2 sentences contain `"`),
+JSON lines. Strings like "NA" or "null" stay text. String labels are mapped to ids and
+the label names kept, so predictions and exports can speak the user's labels.
+"""
+
+import csv
+import dataclasses
+import os
+from typing import List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from keras_bert_ft.errors import KbftError, bad_argument
+from keras_bert_ft.preprocessing import trim_to_longest
+
+FORMATS = ("csv", "tsv", "jsonl")
+PADDINGS = ("dynamic", "static")
+_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
+             ".ndjson": "jsonl"}
+
+
+@dataclasses.dataclass
+class Examples:
+    """Texts (and second texts for pairs), integer labels and the label names."""
+    texts: List[str]
+    labels: Optional[np.ndarray]
+    label_names: List[str]
+    texts_pair: Optional[List[str]] = None
+    source: str = "<memory>"
+
+    def __len__(self):
+        return len(self.texts)
+
+    @property
+    def is_pair(self) -> bool:
+        return self.texts_pair is not None
+
+    def take(self, n: int) -> "Examples":
+        """The first `n` examples."""
+        return dataclasses.replace(
+            self, texts=self.texts[:n],
+            texts_pair=None if self.texts_pair is None else self.texts_pair[:n],
+            labels=None if self.labels is None else self.labels[:n])
+
+
+def read_table(source, *, format: Optional[str] = None, encoding: str = "utf-8-sig",
+               column_names: Optional[Sequence[str]] = None, split: str = "train"):
+    """A pandas DataFrame from a path, a DataFrame, a dict of lists, a list of records or
+    `"tfds:<name>"` (tensorflow-datasets, needs network or a local TFDS cache)."""
+    if isinstance(source, pd.DataFrame):
+        return source
+    if isinstance(source, dict):
+        return pd.DataFrame(source)
+    if isinstance(source, (list, tuple)):
+        if source and not isinstance(source[0], dict):
+            raise bad_argument("data", type(source[0]).__name__,
+                               "a list of dicts (records); for plain lists use "
+                               "examples_from_lists(texts, labels)")
+        return pd.DataFrame(list(source))
+    if not isinstance(source, (str, os.PathLike)):
+        raise bad_argument("data", type(source).__name__,
+                           "a file path, a DataFrame, a dict of lists or a list of dicts")
+    source = os.fspath(source)
+    if source.startswith("tfds:"):
+        return _read_tfds(source[5:], split)
+    if not os.path.isfile(source):
+        raise bad_argument("data", source, "an existing file (not found)")
+    format = format or _SUFFIXES.get(os.path.splitext(source)[1].lower())
+    if format not in FORMATS:
+        raise bad_argument("format", format, f"one of {', '.join(FORMATS)} (or a file "
+                           f"ending in {', '.join(_SUFFIXES)}) for {source!r}")
+    header = None if column_names else "infer"
+    try:
+        if format == "jsonl":
+            frame = pd.read_json(source, lines=True, encoding=encoding, dtype=False)
+        else:
+            frame = pd.read_csv(
+                source, sep="\t" if format == "tsv" else ",", encoding=encoding,
+                quoting=csv.QUOTE_NONE if format == "tsv" else csv.QUOTE_MINIMAL,
+                keep_default_na=False, dtype=str, header=header,
+                names=list(column_names) if column_names else None)
+    except UnicodeDecodeError as err:
+        raise KbftError(
+            f"File {source!r} is not valid {encoding} text (byte "
+            f"0x{err.object[err.start]:02x} at position {err.start}). Pass its encoding, "
+            f"e.g. encoding='latin-1' (CLI: --encoding latin-1). Received: "
+            f"encoding={encoding!r}") from None
+    except (pd.errors.ParserError, ValueError) as err:
+        first = (str(err).strip().splitlines() or ["parse error"])[0][:200]
+        raise KbftError(f"Could not parse {source!r} as {format}: {first}") from None
+    if frame.empty:
+        raise bad_argument("data", source, "a file with at least one example (it is empty)")
+    return frame
+
+
+def load_examples(source, *, text_column: str, label_column: Optional[str] = None,
+                  text_pair_column: Optional[str] = None,
+                  label_names: Optional[Sequence[str]] = None,
+                  format: Optional[str] = None, encoding: str = "utf-8-sig",
+                  column_names: Optional[Sequence[str]] = None,
+                  split: str = "train") -> Examples:
+    """Reads labelled text into `Examples`.
+
+    With `label_names` (from the training set) labels must be among them, so a
+    validation file cannot silently carry a class the model never saw.
+    """
+    frame = read_table(source, format=format, encoding=encoding,
+                       column_names=column_names, split=split)
+    name = source if isinstance(source, str) else "<data>"
+    if len(frame) == 0:
+        raise bad_argument("data", name, "at least one example (it is empty)")
+    for arg, column in (("text_column", text_column), ("text_pair_column", text_pair_column),
+                        ("label_column", label_column)):
+        if column is not None and column not in frame.columns:
+            raise bad_argument(arg, column, f"a column of {name} (it has: "
+                               f"{', '.join(map(str, frame.columns))})")
+    texts = _texts(frame[text_column])
+    pair = _texts(frame[text_pair_column]) if text_pair_column else None
+    labels, names = None, list(label_names or [])
+    if label_column is not None:
+        labels, names = encode_labels(frame[label_column].tolist(), label_names,
+                                      where=f"label_column {label_column!r} of {name}")
+    return Examples(texts=texts, texts_pair=pair, labels=labels, label_names=names,
+                    source=name)
+
+
+def examples_from_lists(texts: Sequence[str], labels: Optional[Sequence] = None,
+                        texts_pair: Optional[Sequence[str]] = None,
+                        label_names: Optional[Sequence[str]] = None) -> Examples:
+    """`Examples` from Python lists."""
+    if not texts:
+        raise bad_argument("texts", list(texts), "a non-empty list of strings")
+    for arg, other in (("labels", labels), ("texts_pair", texts_pair)):
+        if other is not None and len(other) != len(texts):
+            raise bad_argument(arg, f"<{len(other)} items>",
+                               f"as many items as texts ({len(texts)})")
+    ids, names = (None, list(label_names or []))
+    if labels is not None:
+        ids, names = encode_labels(list(labels), label_names, where="labels")
+    return Examples(texts=[str(t) for t in texts], labels=ids, label_names=names,
+                    texts_pair=None if texts_pair is None else [str(t) for t in texts_pair])
+
+
+def encode_labels(values: list, label_names: Optional[Sequence[str]] = None, *,
+                  where: str = "labels"):
+    """Label values -> (int ids, names). Names are sorted (numerically for numbers)."""
+    keys = [_label_key(v) for v in values]
+    missing = [i for i, k in enumerate(keys) if k == ""]
+    if missing:
+        raise KbftError(f"{where} has empty labels (first at row {missing[0]}).")
+    if label_names is None:
+        unique = sorted(set(keys), key=_sort_key)
+    else:
+        unique = [str(n) for n in label_names]
+        unseen = sorted(set(keys) - set(unique), key=_sort_key)
+        if unseen:
+            raise KbftError(f"{where} has labels unseen in training: {unseen[:10]} "
+                            f"(training labels: {unique[:20]}).")
+    index = {k: i for i, k in enumerate(unique)}
+    return np.array([index[k] for k in keys], dtype=np.int32), unique
+
+
+def _label_key(value) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8")
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def _sort_key(key: str):
+    try:
+        return (0, float(key), key)
+    except ValueError:
+        return (1, 0.0, key)
+
+
+def _texts(column) -> List[str]:
+    return ["" if v is None or (isinstance(v, float) and np.isnan(v))
+            else v.decode("utf-8") if isinstance(v, bytes) else str(v)
+            for v in column.tolist()]
+
+
+def _read_tfds(name: str, split: str):
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise ImportError("tensorflow-datasets is needed for 'tfds:' data: "
+                          "pip install tensorflow-datasets") from None
+    try:
+        dataset, info = tfds.load(name, split=split, with_info=True)
+    except Exception as err:  # download and builder errors come in many kinds
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise KbftError(f"Could not load tensorflow-datasets {name!r} split {split!r} "
+                        f"({first}); it needs network or a prepared TFDS cache "
+                        f"(TFDS_DATA_DIR). Received: data='tfds:{name}'") from None
+    frame = tfds.as_dataframe(dataset, info)
+    for key, feature in info.features.items():
+        names = getattr(feature, "names", None)
+        if names and key in frame:
+            frame[key] = [names[int(i)] for i in frame[key]]
+    return frame
+
+
+def make_dataset(examples: Examples, preprocessor, *, batch_size: int,
+                 shuffle: bool = False, seed: int = 0, padding: str = "dynamic",
+                 drop_remainder: bool = False, with_labels: bool = True) -> tf.data.Dataset:
+    """Batches of `(features, labels)`, tokenised with `preprocessor` inside tf.data.
+
+    `padding="dynamic"` cuts each batch to its longest example (rounded up to 8);
+    `"static"` keeps every batch at `preprocessor.seq_length` (TPUs need fixed shapes).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise bad_argument("batch_size", batch_size, "an int >= 1")
+    if padding not in PADDINGS:
+        raise bad_argument("padding", padding, f"one of {', '.join(PADDINGS)}")
+    columns = [tf.constant(examples.texts, tf.string)]
+    if examples.is_pair:
+        columns.append(tf.constant(examples.texts_pair, tf.string))
+    has_labels = with_labels and examples.labels is not None
+    if has_labels:
+        columns.append(tf.constant(examples.labels, tf.int32))
+    dataset = tf.data.Dataset.from_tensor_slices(tuple(columns))
+    if shuffle:
+        dataset = dataset.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    pair = examples.is_pair
+
+    def encode(*batch):
+        features = preprocessor(batch[0], batch[1] if pair else None)
+        if padding == "dynamic":
+            features = trim_to_longest(features)
+        return (features, batch[-1]) if has_labels else features
+
+    return dataset.map(encode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        tf.data.AUTOTUNE)

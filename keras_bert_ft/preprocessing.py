@@ -1,0 +1,189 @@
+"""Preprocessor: raw strings -> BERT's int32 input dict, with tensorflow-text, graph-only.
+
+Everything here is TensorFlow ops, so the same object runs inside `tf.data` (on the
+host, which TPUs need: tensorflow-text has no TPU kernels) and inside an exported
+SavedModel that serves raw strings.
+"""
+
+import os
+from typing import Dict, List, Optional, Sequence
+
+import tensorflow as tf
+import tensorflow_text as text
+
+from keras_bert_ft._keras import keras  # noqa: F401  (selects tf_keras before hub)
+from keras_bert_ft.errors import KbftError, bad_argument
+
+INPUT_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
+_REQUIRED_TOKENS = ("[CLS]", "[SEP]", "[PAD]", "[UNK]")
+
+
+def check_seq_length(seq_length, maximum: Optional[int] = None) -> int:
+    """Validates `seq_length`: an int >= 3 ([CLS], one token, [SEP]) and <= `maximum`."""
+    if isinstance(seq_length, bool) or not isinstance(seq_length, int) or seq_length < 3:
+        raise bad_argument("seq_length", seq_length, "an int >= 3")
+    if maximum is not None and seq_length > maximum:
+        raise bad_argument("seq_length", seq_length,
+                           f"<= {maximum}, the longest input this encoder takes")
+    return seq_length
+
+
+def read_vocab(vocab_file: str) -> List[str]:
+    """The tokens of a WordPiece `vocab.txt`, one per line, checked for BERT's specials."""
+    if not isinstance(vocab_file, str) or not tf.io.gfile.exists(vocab_file):
+        raise bad_argument("vocab_file", vocab_file, "an existing vocab.txt file")
+    with tf.io.gfile.GFile(vocab_file, "rb") as f:
+        raw = f.read()
+    try:
+        tokens = raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise bad_argument("vocab_file", vocab_file,
+                           f"a UTF-8 text file (bad byte at position {err.start})") from None
+    missing = [t for t in _REQUIRED_TOKENS if t not in tokens]
+    if missing:
+        raise bad_argument("vocab_file", vocab_file,
+                           f"a BERT WordPiece vocab with {', '.join(_REQUIRED_TOKENS)} "
+                           f"(missing {', '.join(missing)})")
+    return tokens
+
+
+class Preprocessor(tf.Module):
+    """Tokenises and packs single texts or pairs into `input_word_ids`, `input_mask`,
+    `input_type_ids` (int32, `[batch, seq_length]`).
+
+    Build it with `Preprocessor.from_vocab(...)`, `Preprocessor.from_hub(...)` or
+    `Preprocessor.from_handle(...)` (either, by what the path holds). Pairs are
+    truncated round-robin, as BERT's own packer does.
+
+    Example:
+        >>> pre = Preprocessor.from_vocab("vocab.txt", seq_length=64)
+        >>> features = pre(tf.constant(["a fine film"]))
+        >>> pair = pre(tf.constant(["a question?"]), tf.constant(["an answer."]))
+    """
+
+    def __init__(self, tokenizer, *, cls_id: int, sep_id: int, pad_id: int,
+                 seq_length: int = 128, source: str = "", lower_case: Optional[bool] = None,
+                 hub_module=None):
+        super().__init__(name="preprocessor")
+        self.seq_length = check_seq_length(seq_length)
+        self._tokenizer = tokenizer
+        self._hub_module = hub_module
+        self.cls_id, self.sep_id, self.pad_id = int(cls_id), int(sep_id), int(pad_id)
+        self.source = source
+        self.lower_case = lower_case
+
+    # ------------------------------------------------------------- construction
+    @classmethod
+    def from_vocab(cls, vocab_file: str, lower_case: bool = True,
+                   seq_length: int = 128) -> "Preprocessor":
+        """A WordPiece preprocessor from a BERT `vocab.txt`."""
+        check_seq_length(seq_length)
+        tokens = read_vocab(vocab_file)
+        first = {}
+        for i, tok in enumerate(tokens):
+            first.setdefault(tok, i)
+        keys = list(first)
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(keys), tf.constant([first[k] for k in keys], tf.int64)),
+            default_value=first["[UNK]"])
+        tokenizer = text.BertTokenizer(table, token_out_type=tf.int64,
+                                       lower_case=lower_case, unknown_token="[UNK]")
+        return cls(tokenizer, cls_id=first["[CLS]"], sep_id=first["[SEP]"],
+                   pad_id=first["[PAD]"], seq_length=seq_length,
+                   source=os.fspath(vocab_file), lower_case=lower_case)
+
+    @classmethod
+    def from_hub(cls, handle: str, seq_length: int = 128) -> "Preprocessor":
+        """A preprocessor from a TF-Hub BERT preprocess SavedModel (`tokenize`,
+        `bert_pack_inputs`), e.g. `bert_en_uncased_preprocess` or a converted one."""
+        check_seq_length(seq_length)
+        module = _load_hub_preprocessor(handle)
+        special = module.tokenize.get_special_tokens_dict()
+        ids = {k: int(v.numpy()) for k, v in special.items()}
+        return cls(module.tokenize, cls_id=ids["start_of_sequence_id"],
+                   sep_id=ids["end_of_segment_id"], pad_id=ids["padding_id"],
+                   seq_length=seq_length, source=handle, hub_module=module)
+
+    @classmethod
+    def from_handle(cls, handle: str, *, lower_case: bool = True,
+                    seq_length: int = 128) -> "Preprocessor":
+        """`from_vocab` for a `.txt` file, else `from_hub` (preset names included)."""
+        if not isinstance(handle, str) or not handle:
+            raise bad_argument("preprocessor", handle,
+                               "a vocab.txt file, a preset name or a preprocessor handle")
+        if handle.endswith(".txt"):
+            return cls.from_vocab(handle, lower_case=lower_case, seq_length=seq_length)
+        return cls.from_hub(handle, seq_length=seq_length)
+
+    # ------------------------------------------------------------------- graph
+    def tokenize(self, texts) -> tf.RaggedTensor:
+        """`[batch]` strings -> `[batch, (tokens)]` int32 word-piece ids."""
+        texts = tf.convert_to_tensor(texts, tf.string)
+        pieces = self._tokenizer(texts) if self._hub_module is not None \
+            else self._tokenizer.tokenize(texts)
+        if pieces.ragged_rank > 1:
+            pieces = pieces.merge_dims(-2, -1)
+        return tf.cast(pieces, tf.int32)
+
+    def pack(self, segments: Sequence[tf.RaggedTensor],
+             seq_length: Optional[int] = None) -> Dict[str, tf.Tensor]:
+        """[CLS] a [SEP] (b [SEP]), trimmed round-robin and padded to `seq_length`."""
+        seq_length = seq_length or self.seq_length
+        segments = list(segments)
+        budget = seq_length - len(segments) - 1
+        trimmed = text.RoundRobinTrimmer(max_seq_length=budget).trim(segments)
+        ids, type_ids = text.combine_segments(
+            trimmed, start_of_sequence_id=self.cls_id, end_of_segment_id=self.sep_id)
+        word_ids, mask = text.pad_model_inputs(ids, max_seq_length=seq_length,
+                                               pad_value=self.pad_id)
+        type_ids, _ = text.pad_model_inputs(type_ids, max_seq_length=seq_length)
+        return {"input_word_ids": tf.cast(word_ids, tf.int32),
+                "input_mask": tf.cast(mask, tf.int32),
+                "input_type_ids": tf.cast(type_ids, tf.int32)}
+
+    def __call__(self, texts, texts_b=None, seq_length: Optional[int] = None):
+        segments = [self.tokenize(texts)]
+        if texts_b is not None:
+            segments.append(self.tokenize(texts_b))
+        return self.pack(segments, seq_length)
+
+
+def trim_to_longest(features: Dict[str, tf.Tensor], multiple: int = 8):
+    """Cuts a padded batch to its longest example, rounded up to `multiple`.
+
+    Padding is most of the work on short texts (SST-2); attention masks make the
+    result identical to the fully padded batch.
+    """
+    full = tf.shape(features["input_mask"])[1]
+    longest = tf.reduce_max(tf.reduce_sum(features["input_mask"], axis=1))
+    length = tf.minimum(full, (longest + multiple - 1) // multiple * multiple)
+    length = tf.maximum(length, 1)
+    return {k: v[:, :length] if k in INPUT_KEYS else v for k, v in features.items()}
+
+
+def _load_hub_preprocessor(handle: str):
+    resolved = handle
+    try:
+        from keras_bert_ft import presets
+        resolved = presets.resolve_preprocessor(handle)
+    except ImportError:
+        pass
+    from keras_bert_ft.encoder import _check_local_handle, _is_remote
+    _check_local_handle(resolved)
+    import tensorflow_hub as hub
+    try:
+        module = hub.load(resolved)
+    except Exception as err:  # resolver and loader raise many kinds
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        if _is_remote(resolved) and not resolved.startswith("gs://"):
+            raise KbftError(
+                f"Could not download preprocessor handle {handle!r} ({reason}). With no "
+                "network, pass a local copy of the preprocess model or the encoder's "
+                "vocab.txt instead.") from err
+        raise KbftError(f"Could not load preprocessor handle {handle!r}: {reason}") from err
+    if not (hasattr(module, "tokenize") and hasattr(module, "bert_pack_inputs")):
+        raise bad_argument("preprocessor", handle,
+                           "a BERT preprocess SavedModel with `tokenize` and "
+                           "`bert_pack_inputs`")
+    return module

@@ -1,0 +1,339 @@
+"""fine_tune: the one entry point notebooks, scripts and the CLI share.
+
+Reads the data, picks the strategy, builds encoder + head under its scope, compiles with
+AdamW + warmup, runs plain `model.fit`, and computes the task metrics on validation.
+"""
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+import tensorflow as tf
+
+from keras_bert_ft._keras import keras
+from keras_bert_ft import data as data_lib
+from keras_bert_ft.encoder import HubEncoder, TrainableSpec
+from keras_bert_ft.errors import KbftError, bad_argument
+from keras_bert_ft.export import ServingModule, export_saved_model
+from keras_bert_ft.metrics import classification_metrics
+from keras_bert_ft.models import build_classifier
+from keras_bert_ft.optimization import create_optimizer
+from keras_bert_ft.preprocessing import Preprocessor, check_seq_length, trim_to_longest
+from keras_bert_ft.strategy import get_strategy
+
+logger = logging.getLogger("keras_bert_ft")
+
+
+def _field(default, help: str):
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass
+class FineTuneConfig:
+    """Everything a fine-tuning run needs; each field's help is the CLI's help."""
+    encoder: str = _field("minilm-l6", "encoder preset name, TF-Hub URL, local folder or gs:// path")
+    preprocessor: Optional[str] = _field(
+        None, "vocab.txt, preprocessor handle or preset; default: the encoder's own")
+    lower_case: bool = _field(True, "lower-case text (vocab.txt preprocessors only)")
+    text_column: str = _field("sentence", "column holding the (first) text")
+    text_pair_column: Optional[str] = _field(None, "column holding the second text of a pair")
+    label_column: str = _field("label", "column holding the label")
+    epochs: int = _field(3, "passes over the training data")
+    batch_size: int = _field(32, "global batch size (split across replicas)")
+    learning_rate: float = _field(5e-5, "peak learning rate after warmup")
+    warmup_ratio: float = _field(0.1, "fraction of steps with linear warmup")
+    weight_decay: float = _field(0.01, "decoupled weight decay (not on LayerNorm/bias)")
+    trainable_layers: TrainableSpec = _field("all", '"all", "none", top k, or a list of layer indices')
+    train_embeddings: Optional[bool] = _field(None, "train embeddings (default: only when all layers train)")
+    seq_length: int = _field(128, "maximum tokens per example, [CLS]/[SEP] included")
+    padding: str = _field("dynamic", "dynamic (per-batch length) or static (fixed, for TPU)")
+    head_units: Sequence[int] = _field((), "widths of Dense+ReLU+Dropout blocks before the logits")
+    dropout: float = _field(0.1, "dropout of the head")
+    pooling: str = _field("pooled", "pooled, cls or mean")
+    strategy: str = _field("auto", "auto, cpu, gpu, mirrored or tpu")
+    seed: int = _field(0, "random seed for initialisation, dropout and shuffling")
+    max_train_examples: Optional[int] = _field(None, "use only the first N training examples")
+    max_eval_examples: Optional[int] = _field(None, "use only the first N validation examples")
+    output_dir: Optional[str] = _field(None, "where checkpoints, logs, history and export go")
+    encoding: str = _field("utf-8-sig", "text encoding of the data files")
+    verbose: int = _field(1, "0 silent, 1 progress bar, 2 one line per epoch")
+
+    def validate(self) -> "FineTuneConfig":
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad_argument(name, value, "an int >= 1")
+        check_seq_length(self.seq_length)
+        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
+            raise bad_argument("learning_rate", self.learning_rate, "a float > 0")
+        if self.padding not in data_lib.PADDINGS:
+            raise bad_argument("padding", self.padding, f"one of {', '.join(data_lib.PADDINGS)}")
+        return self
+
+
+class ThroughputCallback(keras.callbacks.Callback):
+    """Training examples per second, the first (tracing) batch of each fit excluded."""
+
+    def __init__(self, batch_size: int):
+        super().__init__()
+        self.batch_size = batch_size
+        self.seconds = 0.0
+        self.batches = 0
+        self._start = None
+        self._first = True
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._first:
+            self._first = False
+            return
+        self.seconds += time.perf_counter() - self._start
+        self.batches += 1
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.batches * self.batch_size / self.seconds if self.seconds else 0.0
+
+
+@dataclasses.dataclass
+class FineTuneResult:
+    """A trained model with its preprocessor, labels, history and validation metrics."""
+    model: keras.Model
+    preprocessor: Preprocessor
+    label_names: List[str]
+    pair: bool
+    config: FineTuneConfig
+    history: dict
+    metrics: dict
+    strategy: tf.distribute.Strategy = None
+
+    def predict(self, texts, texts_pair=None, batch_size: int = 64) -> np.ndarray:
+        """Class probabilities for raw strings, computed exactly as the export does."""
+        return predict_probabilities(self.model, self.preprocessor, texts, texts_pair,
+                                     batch_size)
+
+    def export(self, export_dir: str) -> str:
+        return export_saved_model(self.model, self.preprocessor, export_dir,
+                                  self.label_names, pair=self.pair,
+                                  metadata={"encoder": self.config.encoder})
+
+
+def predict_probabilities(model, preprocessor, texts, texts_pair=None, batch_size=64):
+    serving = ServingModule(model, preprocessor, ["?"] * int(model.output_shape[-1]))
+    serve = tf.function(serving.serve)
+    out = []
+    for start in range(0, len(texts), batch_size):
+        chunk = tf.constant(list(texts[start:start + batch_size]))
+        pair = None if texts_pair is None else tf.constant(list(texts_pair[start:start + batch_size]))
+        out.append(serve(chunk, pair)["probabilities"].numpy())
+    return np.concatenate(out) if out else np.zeros((0, int(model.output_shape[-1])))
+
+
+def default_preprocessor(encoder: HubEncoder, config: FineTuneConfig) -> Preprocessor:
+    """The preprocessor the user named, else the encoder's: preset or its vocab asset."""
+    if config.preprocessor:
+        return Preprocessor.from_handle(config.preprocessor, lower_case=config.lower_case,
+                                        seq_length=config.seq_length)
+    try:
+        from keras_bert_ft import presets
+        preset = presets.get_preset(config.encoder)
+    except ImportError:
+        preset = None
+    if preset is not None:
+        return Preprocessor.from_hub(config.encoder, seq_length=config.seq_length)
+    root = encoder.resolved_object
+    vocab = getattr(root, "vocab_file", None)
+    if vocab is None:
+        raise bad_argument("preprocessor", None, "a vocab.txt or preprocessor handle (the "
+                           f"encoder {config.encoder!r} carries no vocab_file)")
+    lower = bool(root.do_lower_case.numpy()) if hasattr(root, "do_lower_case") else config.lower_case
+    return Preprocessor.from_vocab(vocab.asset_path.numpy().decode(), lower_case=lower,
+                                   seq_length=config.seq_length)
+
+
+def _as_examples(source, config, label_names=None):
+    if isinstance(source, data_lib.Examples):
+        if label_names is not None and source.labels is not None:
+            extra = set(source.labels.tolist()) - set(range(len(label_names)))
+            if extra:
+                raise KbftError(f"validation has label ids unseen in training: {sorted(extra)}")
+        return source
+    return data_lib.load_examples(
+        source, text_column=config.text_column, label_column=config.label_column,
+        text_pair_column=config.text_pair_column, label_names=label_names,
+        encoding=config.encoding)
+
+
+def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *,
+              callbacks: Sequence[keras.callbacks.Callback] = (),
+              strategy: Union[str, tf.distribute.Strategy, None] = None,
+              **overrides) -> FineTuneResult:
+    """Fine-tunes a BERT encoder for (pair) classification with plain `model.fit`.
+
+    Args:
+        train, validation: a file path (CSV/TSV/JSON lines), DataFrame, dict of lists,
+            list of records, `"tfds:<name>"`, or `Examples`.
+        config: a `FineTuneConfig`; keyword `overrides` replace its fields.
+        callbacks: the user's own Keras callbacks, passed to `fit`.
+        strategy: a `tf.distribute.Strategy` or a `get_strategy` kind.
+
+    Example:
+        >>> result = fine_tune("train.tsv", "dev.tsv", epochs=1, trainable_layers=2)
+        >>> result.metrics["accuracy"], result.export("out/export")
+    """
+    config = dataclasses.replace(config or FineTuneConfig(), **overrides).validate()
+    keras.utils.set_random_seed(config.seed)
+    train_ex = _as_examples(train, config)
+    if config.max_train_examples:
+        train_ex = train_ex.take(config.max_train_examples)
+    if len(set(train_ex.labels.tolist())) < 2:
+        raise bad_argument("train", train_ex.source, "training data with at least two "
+                           f"different labels (found only {train_ex.label_names})")
+    val_ex = None
+    if validation is not None:
+        val_ex = _as_examples(validation, config, train_ex.label_names)
+        if config.max_eval_examples:
+            val_ex = val_ex.take(config.max_eval_examples)
+    strategy = strategy or config.strategy
+    if isinstance(strategy, str):
+        strategy = get_strategy(strategy)
+    num_classes = len(train_ex.label_names)
+    steps_per_epoch = math.ceil(len(train_ex) / config.batch_size)
+    with strategy.scope():
+        encoder = HubEncoder(config.encoder, trainable_layers=config.trainable_layers,
+                             train_embeddings=config.train_embeddings)
+        check_seq_length(config.seq_length, encoder.max_seq_length)
+        model = build_classifier(encoder, num_classes, head_units=tuple(config.head_units),
+                                 dropout=config.dropout, pooling=config.pooling)
+        optimizer = create_optimizer(config.learning_rate,
+                                     total_steps=steps_per_epoch * config.epochs,
+                                     warmup_ratio=config.warmup_ratio,
+                                     weight_decay=config.weight_decay)
+        model.compile(optimizer=optimizer,
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    preprocessor = default_preprocessor(encoder, config)
+    if config.verbose:
+        print(model.trainable_report())
+    make = lambda ex, shuffle: data_lib.make_dataset(  # noqa: E731
+        ex, preprocessor, batch_size=config.batch_size, shuffle=shuffle, seed=config.seed,
+        padding=config.padding, drop_remainder=config.padding == "static" and shuffle)
+    train_ds = make(train_ex, True)
+    val_ds = make(val_ex, False) if val_ex is not None else None
+    throughput = ThroughputCallback(config.batch_size)
+    all_callbacks = [throughput, *_output_callbacks(config.output_dir), *callbacks]
+    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
+                        callbacks=all_callbacks, verbose=config.verbose)
+    metrics = {}
+    if val_ex is not None:
+        probs = predict_probabilities(model, preprocessor, val_ex.texts, val_ex.texts_pair)
+        metrics = classification_metrics(val_ex.labels, probs.argmax(-1), num_classes)
+        metrics["eval_loss"] = float(np.mean(-np.log(np.maximum(
+            probs[np.arange(len(probs)), val_ex.labels], 1e-12))))
+        metrics["eval_examples"] = len(val_ex)
+    metrics["train_examples"] = len(train_ex)
+    metrics["train_examples_per_second"] = round(throughput.examples_per_second, 2)
+    return FineTuneResult(model=model, preprocessor=preprocessor,
+                          label_names=train_ex.label_names, pair=train_ex.is_pair,
+                          config=config, history=_plain_history(history.history),
+                          metrics=metrics, strategy=strategy)
+
+
+def _output_callbacks(output_dir: Optional[str]):
+    if not output_dir:
+        return []
+    return [keras.callbacks.ModelCheckpoint(
+                os.path.join(output_dir, "checkpoints", "ckpt-{epoch:03d}"),
+                save_weights_only=True),
+            keras.callbacks.TensorBoard(os.path.join(output_dir, "logs"), profile_batch=0)]
+
+
+def _plain_history(history: dict) -> dict:
+    return {k: [float(x) for x in v] for k, v in history.items()}
+
+
+def save_run(result: FineTuneResult, output_dir: str, export: bool = True) -> dict:
+    """Writes `metrics.json`, `history.json`, `history.png`, `run_config.json` and the export."""
+    os.makedirs(output_dir, exist_ok=True)
+    paths = {}
+    if export:
+        paths["export"] = result.export(os.path.join(output_dir, "export"))
+    _write_json(os.path.join(output_dir, "metrics.json"), result.metrics)
+    _write_json(os.path.join(output_dir, "history.json"), result.history)
+    run_config = dataclasses.asdict(result.config)
+    run_config["head_units"] = list(run_config["head_units"])
+    run_config.update(label_names=result.label_names, pair=result.pair)
+    _write_json(os.path.join(output_dir, "run_config.json"), run_config)
+    paths["plot"] = plot_history(result.history, os.path.join(output_dir, "history.png"))
+    return paths
+
+
+def _write_json(path: str, payload) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def plot_history(history: dict, path: str) -> str:
+    """Loss and accuracy per epoch, training and validation, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in ("loss", "accuracy") if k in history]
+    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(5 * max(len(keys), 1), 3.5))
+    axes = np.atleast_1d(axes)
+    for ax, key in zip(axes, keys):
+        epochs = np.arange(1, len(history[key]) + 1)
+        ax.plot(epochs, history[key], marker="o", label=f"train {key}")
+        if f"val_{key}" in history:
+            ax.plot(epochs, history[f"val_{key}"], marker="o", label=f"validation {key}")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def export_from_run(run_dir: str, export_dir: str, checkpoint: Optional[str] = None) -> str:
+    """Rebuilds a `kbft train` run's model, loads a checkpoint (the latest by default)
+    and writes a raw-string export."""
+    config_path = os.path.join(run_dir, "run_config.json")
+    if not os.path.isfile(config_path):
+        raise bad_argument("run", run_dir, "a kbft train --output folder (no run_config.json)")
+    with open(config_path) as f:
+        saved = json.load(f)
+    label_names, pair = saved.pop("label_names"), saved.pop("pair")
+    fields = {f.name for f in dataclasses.fields(FineTuneConfig)}
+    config = FineTuneConfig(**{k: v for k, v in saved.items() if k in fields})
+    checkpoint = checkpoint or tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    if checkpoint is None:
+        checkpoint = _latest_weights(os.path.join(run_dir, "checkpoints"))
+    if checkpoint is None:
+        raise bad_argument("checkpoint", checkpoint,
+                           f"a checkpoint prefix (none found under {run_dir}/checkpoints)")
+    encoder = HubEncoder(config.encoder)
+    model = build_classifier(encoder, len(label_names), head_units=tuple(config.head_units),
+                             dropout=config.dropout, pooling=config.pooling)
+    model.load_weights(checkpoint).expect_partial()
+    preprocessor = default_preprocessor(encoder, config)
+    return export_saved_model(model, preprocessor, export_dir, label_names, pair=pair,
+                              metadata={"encoder": config.encoder})
+
+
+def _latest_weights(folder: str) -> Optional[str]:
+    if not os.path.isdir(folder):
+        return None
+    prefixes = sorted({name.split(".")[0] for name in os.listdir(folder)
+                       if name.endswith(".index")})
+    return os.path.join(folder, prefixes[-1]) if prefixes else None
