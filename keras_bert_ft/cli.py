@@ -15,7 +15,7 @@ from keras_bert_ft.errors import KbftError, bad_argument
 
 # Flags whose names differ from FineTuneConfig fields.
 _RENAMED = {"output_dir": "output"}
-_NOT_FLAGS = {"verbose", "train_embeddings", "lower_case"}
+_NOT_FLAGS = {"train_embeddings", "lower_case"}
 
 
 def parse_trainable_layers(value: str):

@@ -399,6 +399,7 @@ def _activation(kind):
 def _write(source: _Source, out_dir: str, *, seq_length: int, overwrite: bool) -> str:
     """Exports `source` to a temp folder next to `out_dir`, then renames it into place."""
     from keras_bert_ft import tfhub_format
+    from keras_bert_ft._keras import keras
 
     dims = source.dims
     if seq_length > dims["max_positions"]:
@@ -415,11 +416,15 @@ def _write(source: _Source, out_dir: str, *, seq_length: int, overwrite: bool) -
     os.makedirs(parent, exist_ok=True)
     # Same folder as the target, so the final os.rename never crosses filesystems.
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.partial-", dir=parent)
+    # A preset may be converted on first use inside a user's mixed-precision run; the
+    # exported encoder must still compute in float32.
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would become out_dir's mode
         tfhub_format.export_encoder(
             os.path.join(tmp, ENCODER_DIR), config, vocab_file=source.vocab_file,
-            do_lower_case=source.do_lower_case,
+            do_lower_case=source.do_lower_case, seed=None,
             set_weights=lambda encoder: _assign(encoder, source.weights))
         tfhub_format.export_preprocessor(
             os.path.join(tmp, PREPROCESSOR_DIR), vocab_file=source.vocab_file,
@@ -434,6 +439,8 @@ def _write(source: _Source, out_dir: str, *, seq_length: int, overwrite: bool) -
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
     return out_dir
 
 

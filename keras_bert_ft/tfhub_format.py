@@ -29,15 +29,18 @@ def bert_config(*, vocab_size, hidden_size, num_layers, num_heads, intermediate_
 
 
 def export_encoder(export_dir: str, config, *, vocab_file: str, do_lower_case: bool,
-                   set_weights: Optional[Callable] = None, seed: int = 0) -> str:
+                   set_weights: Optional[Callable] = None, seed: Optional[int] = 0) -> str:
     """Exports a BERT encoder SavedModel (TF-Hub encoder API) to `export_dir`.
 
     `set_weights(encoder)` may fill the freshly built `BertEncoder` with real weights;
-    without it the encoder keeps its random (seeded) initialisation.
+    without it the encoder keeps its random (seeded) initialisation. `seed=None` leaves
+    the global random state alone (converters overwrite every weight anyway, and must
+    not reseed a user's run that happens to convert a preset on first use).
     """
     from official.nlp.tools import export_tfhub_lib
 
-    tf.keras.utils.set_random_seed(seed)
+    if seed is not None:
+        tf.keras.utils.set_random_seed(seed)
     encoder = export_tfhub_lib.get_bert_encoder(config)
     if set_weights is not None:
         set_weights(encoder)

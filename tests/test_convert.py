@@ -234,11 +234,18 @@ def _check_against_reference(encoder_dir, hf_weights, gelu):
     assert np.abs(got["pooled_output"].numpy() - want_pooled).max() <= 1e-5
 
 
+@pytest.mark.slow
 def test_hf_bert_prefix_and_old_layer_norm_names(tmp_path):
     weights = _tiny_hf_weights(prefix="bert.", old_layer_norm_names=True)
     weights["cls.predictions.bias"] = np.zeros(TINY["vocab_size"], np.float32)  # ignored head
     src = _write_hf(tmp_path / "uncased_tiny", weights)
-    out = convert.convert_checkpoint(src, str(tmp_path / "out"), seq_length=12)
+    # A user's mixed-precision policy must neither leak into the export nor be lost.
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        out = convert.convert_checkpoint(src, str(tmp_path / "out"), seq_length=12)
+        assert keras.mixed_precision.global_policy().name == "mixed_float16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     _check_against_reference(os.path.join(out, "encoder"), weights, ref.gelu_exact)
     pre = hub.KerasLayer(os.path.join(out, "preprocessor"))
     packed = pre(tf.constant(["The cats sat!"]))
@@ -298,6 +305,7 @@ def _write_tf1(folder, hf_weights, *, drop=None, extra=True):
     return str(folder)
 
 
+@pytest.mark.slow
 def test_tf1_bert_checkpoint(tmp_path):
     weights = _tiny_hf_weights(seed=3)
     src = _write_tf1(tmp_path / "uncased_L-2_H-8_A-2", weights)
@@ -391,3 +399,9 @@ def test_publish_replaces_only_with_overwrite(tmp_path):
     convert._publish(str(new), str(old), overwrite=True)
     assert (old / "a").read_text() == "new"
     assert sorted(os.listdir(tmp_path)) == ["out"]
+    empty, newer = tmp_path / "empty", tmp_path / ".empty.partial-2"
+    empty.mkdir()
+    newer.mkdir()
+    (newer / "b").write_text("b")
+    convert._publish(str(newer), str(empty), overwrite=False)  # an empty folder is replaced
+    assert (empty / "b").read_text() == "b"

@@ -1,0 +1,85 @@
+"""fine_tune (the Python entry point) and export_saved_model: callbacks, metrics, atomicity."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_bert_ft as kbft
+from keras_bert_ft import export as export_lib
+from keras_bert_ft._keras import keras
+from keras_bert_ft.errors import KbftError
+
+from conftest import sentiment_rows
+
+
+class CountBatches(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+
+@pytest.fixture(scope="module")
+def result(encoder2):
+    counter = CountBatches()
+    res = kbft.fine_tune(sentiment_rows(40), sentiment_rows(12, seed=5), encoder=encoder2,
+                         epochs=2, batch_size=8, learning_rate=1e-3, seq_length=16,
+                         trainable_layers=1, callbacks=[counter], verbose=0)
+    res.counter = counter
+    return res
+
+
+def test_user_callbacks_and_metrics(result):
+    assert result.counter.batches == 2 * 5
+    assert {"accuracy", "f1", "mcc", "eval_loss", "train_examples_per_second"} <= set(result.metrics)
+    assert result.label_names == ["neg", "pos"] and not result.pair
+    assert len(result.history["loss"]) == 2
+
+
+def test_default_preprocessor_comes_from_encoder_vocab(result):
+    assert result.preprocessor.source.endswith("vocab.txt")
+    assert result.preprocessor.lower_case is True
+
+
+def test_export_carries_labels_and_matches(result, tmp_path):
+    path = result.export(str(tmp_path / "export"))
+    meta = export_lib.read_metadata(path)
+    assert meta["label_names"] == ["neg", "pos"] and meta["pair"] is False
+    loaded = export_lib.load_export(path)
+    texts = ["the movie was great", "awful boring plot"]
+    out = export_lib.predict_export(loaded, texts)
+    np.testing.assert_allclose(out["probabilities"], result.predict(texts), atol=1e-5)
+    names = [result.label_names[i] for i in result.predict(texts).argmax(-1)]
+    assert [x.decode() for x in out["label"]] == names
+
+
+def test_export_is_atomic_when_writing_fails(result, tmp_path, monkeypatch):
+    path = str(tmp_path / "export")
+    result.export(path)
+    before = sorted(os.listdir(path))
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tf.saved_model, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        result.export(path)
+    assert sorted(os.listdir(path)) == before
+    assert [p for p in os.listdir(tmp_path) if p != "export"] == []
+    export_lib.load_export(path)  # the old export still loads
+
+
+def test_errors_one_class_and_bad_config(encoder2):
+    with pytest.raises(KbftError, match="at least two different labels"):
+        kbft.fine_tune({"sentence": ["a", "b"], "label": [1, 1]}, encoder=encoder2, verbose=0)
+    with pytest.raises(KbftError, match="Received: epochs=0"):
+        kbft.fine_tune(sentiment_rows(4), encoder=encoder2, epochs=0)
+
+
+def test_public_api_names_import():
+    for name in kbft.__all__:
+        assert getattr(kbft, name) is not None, name
