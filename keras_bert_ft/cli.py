@@ -244,6 +244,7 @@ def _add_column_flags(parser, labels: bool) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -307,6 +307,8 @@ def read_tf1_bert(src_dir: str, *, do_lower_case: Optional[bool] = None) -> _Sou
         "type_vocab_size": "type_vocab_size"})
     activation = _pick_activation(config.get("hidden_act", "gelu"), _TF1_ACTIVATIONS,
                                   "bert_config.json", src_dir)
+    vocab_file = _require_file(src_dir, "vocab.txt")
+    _check_vocab(vocab_file, dims["vocab_size"])
     ckpt = _tf1_checkpoint(src_dir)
     shapes = tf.train.load_checkpoint(ckpt).get_variable_to_shape_map()
     missing = []
@@ -336,8 +338,6 @@ def read_tf1_bert(src_dir: str, *, do_lower_case: Optional[bool] = None) -> _Sou
         reader = tf.train.load_checkpoint(renamed)
         weights = {name: reader.get_tensor(name).astype(np.float32) for name in wanted}
 
-    vocab_file = _require_file(src_dir, "vocab.txt")
-    _check_vocab(vocab_file, dims["vocab_size"])
     if do_lower_case is None:
         base = os.path.basename(os.path.normpath(src_dir)).lower()
         do_lower_case = (True if "uncased" in base else False if "cased" in base

@@ -18,7 +18,7 @@ from keras_bert_ft.errors import KbftError, bad_argument
 from keras_bert_ft.preprocessing import trim_to_longest
 
 FORMATS = ("csv", "tsv", "jsonl")
-PADDINGS = ("dynamic", "static")
+PADDINGS = ("bucketed", "dynamic", "static")
 _SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
              ".ndjson": "jsonl"}
 
@@ -214,7 +214,10 @@ def make_dataset(examples: Examples, preprocessor, *, batch_size: int,
     """Batches of `(features, labels)`, tokenised with `preprocessor` inside tf.data.
 
     `padding="dynamic"` cuts each batch to its longest example (rounded up to 8);
-    `"static"` keeps every batch at `preprocessor.seq_length` (TPUs need fixed shapes).
+    `"bucketed"` also groups examples of similar length into the same batch (shuffled
+    within and across buckets), so short texts stop paying for long ones; it changes
+    the order, so use it for training only. `"static"` keeps every batch at
+    `preprocessor.seq_length` (TPUs need fixed shapes).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise bad_argument("batch_size", batch_size, "an int >= 1")
@@ -229,14 +232,35 @@ def make_dataset(examples: Examples, preprocessor, *, batch_size: int,
     dataset = tf.data.Dataset.from_tensor_slices(tuple(columns))
     if shuffle:
         dataset = dataset.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     pair = examples.is_pair
 
     def encode(*batch):
         features = preprocessor(batch[0], batch[1] if pair else None)
-        if padding == "dynamic":
-            features = trim_to_longest(features)
         return (features, batch[-1]) if has_labels else features
 
-    return dataset.map(encode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
-        tf.data.AUTOTUNE)
+    def trim(*batch):
+        return (trim_to_longest(batch[0]), batch[1]) if has_labels else trim_to_longest(batch[0])
+
+    if padding == "bucketed":
+        # Tokenise in large vectorised batches, then regroup by length.
+        dataset = dataset.batch(256).map(encode, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+        boundaries = _bucket_boundaries(preprocessor.seq_length)
+        dataset = dataset.bucket_by_sequence_length(
+            lambda *ex: tf.reduce_sum(ex[0]["input_mask"]), boundaries,
+            [batch_size] * (len(boundaries) + 1), drop_remainder=drop_remainder)
+        if shuffle:  # buckets fill at different rates; mix the batches they emit
+            dataset = dataset.shuffle(64, seed=seed)
+        dataset = dataset.map(trim, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+        dataset = dataset.map(encode, num_parallel_calls=tf.data.AUTOTUNE)
+        if padding == "dynamic":
+            dataset = dataset.map(trim, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _bucket_boundaries(seq_length: int) -> List[int]:
+    """Bucket edges: every 8 tokens up to 64, then every 32 (lengths are long-tailed)."""
+    edges = list(range(16, min(seq_length, 64) + 1, 8))
+    edges += list(range(96, seq_length + 1, 32))
+    return [e for e in edges if e < seq_length] or [seq_length]

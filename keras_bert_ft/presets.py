@@ -15,7 +15,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from keras_bert_ft.errors import KbftError
+from keras_bert_ft.errors import KbftError, bad_argument
 
 _log = logging.getLogger(__name__)
 
@@ -126,6 +126,8 @@ def ensure_converted(name: str) -> str:
     marker file written last says the folder is complete. Without the marker a folder
     is treated as debris of a killed run and rebuilt.
     """
+    if name not in _EMBEDDED_SOURCES:
+        raise bad_argument("name", name, f"one of the embedded presets {sorted(_EMBEDDED_SOURCES)}")
     target = os.path.join(cache_dir(), name)
     if _is_complete(target):  # fast path, no lock: the marker only ever appears last
         return target

@@ -51,7 +51,8 @@ class FineTuneConfig:
     trainable_layers: TrainableSpec = _field("all", '"all", "none", top k, or a list of layer indices')
     train_embeddings: Optional[bool] = _field(None, "train embeddings (default: only when all layers train)")
     seq_length: int = _field(128, "maximum tokens per example, [CLS]/[SEP] included")
-    padding: str = _field("dynamic", "dynamic (per-batch length) or static (fixed, for TPU)")
+    padding: str = _field("bucketed", "bucketed (length-grouped batches), dynamic (per-batch "
+                          "length) or static (fixed, for TPU)")
     head_units: Sequence[int] = _field((), "widths of Dense+ReLU+Dropout blocks before the logits")
     dropout: float = _field(0.1, "dropout of the head")
     pooling: str = _field("pooled", "pooled, cls or mean")
@@ -222,11 +223,14 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
     preprocessor = default_preprocessor(encoder, config)
     if config.verbose:
         print(model.trainable_report())
-    make = lambda ex, shuffle: data_lib.make_dataset(  # noqa: E731
-        ex, preprocessor, batch_size=config.batch_size, shuffle=shuffle, seed=config.seed,
-        padding=config.padding, drop_remainder=config.padding == "static" and shuffle)
-    train_ds = make(train_ex, True)
-    val_ds = make(val_ex, False) if val_ex is not None else None
+    train_ds = data_lib.make_dataset(
+        train_ex, preprocessor, batch_size=config.batch_size, shuffle=True,
+        seed=config.seed, padding=config.padding, drop_remainder=config.padding == "static")
+    val_ds = None
+    if val_ex is not None:  # evaluation keeps its order: no buckets
+        val_ds = data_lib.make_dataset(
+            val_ex, preprocessor, batch_size=config.batch_size,
+            padding="static" if config.padding == "static" else "dynamic")
     throughput = ThroughputCallback(config.batch_size)
     all_callbacks = [throughput, *_output_callbacks(config.output_dir), *callbacks]
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
