@@ -21,6 +21,7 @@ _EXPORTS = {
     "get_strategy": "strategy",
     "export_saved_model": "export",
     "load_export": "export",
+    "predict_export": "export",
     "FineTuneConfig": "training",
     "FineTuneResult": "training",
     "fine_tune": "training",
@@ -28,6 +29,7 @@ _EXPORTS = {
     "KbftError": "errors",
     "convert_hf_bert": "convert",
     "convert_tf1_bert": "convert",
+    "convert_checkpoint": "convert",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

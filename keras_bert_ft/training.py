@@ -55,7 +55,8 @@ class FineTuneConfig:
                           "length) or static (fixed, for TPU)")
     head_units: Sequence[int] = _field((), "widths of Dense+ReLU+Dropout blocks before the logits")
     dropout: float = _field(0.1, "dropout of the head")
-    pooling: str = _field("pooled", "pooled, cls or mean")
+    pooling: Optional[str] = _field(
+        None, "pooled, cls or mean; default: the preset's (mean for minilm-l6), else pooled")
     strategy: str = _field("auto", "auto, cpu, gpu, mirrored or tpu")
     seed: int = _field(0, "random seed for initialisation, dropout and shuffling")
     max_train_examples: Optional[int] = _field(None, "use only the first N training examples")
@@ -137,17 +138,28 @@ def predict_probabilities(model, preprocessor, texts, texts_pair=None, batch_siz
     return np.concatenate(out) if out else np.zeros((0, int(model.output_shape[-1])))
 
 
+def _preset(name: str):
+    try:
+        from keras_bert_ft import presets
+    except ImportError:
+        return None
+    return presets.get_preset(name)
+
+
+def resolve_pooling(config: "FineTuneConfig") -> str:
+    """The configured pooling, else the encoder preset's, else BERT's pooled output."""
+    if config.pooling:
+        return config.pooling
+    preset = _preset(config.encoder)
+    return preset.pooling if preset is not None else "pooled"
+
+
 def default_preprocessor(encoder: HubEncoder, config: FineTuneConfig) -> Preprocessor:
     """The preprocessor the user named, else the encoder's: preset or its vocab asset."""
     if config.preprocessor:
         return Preprocessor.from_handle(config.preprocessor, lower_case=config.lower_case,
                                         seq_length=config.seq_length)
-    try:
-        from keras_bert_ft import presets
-        preset = presets.get_preset(config.encoder)
-    except ImportError:
-        preset = None
-    if preset is not None:
+    if _preset(config.encoder) is not None:
         return Preprocessor.from_hub(config.encoder, seq_length=config.seq_length)
     root = encoder.resolved_object
     vocab = getattr(root, "vocab_file", None)
@@ -212,7 +224,7 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
                              train_embeddings=config.train_embeddings)
         check_seq_length(config.seq_length, encoder.max_seq_length)
         model = build_classifier(encoder, num_classes, head_units=tuple(config.head_units),
-                                 dropout=config.dropout, pooling=config.pooling)
+                                 dropout=config.dropout, pooling=resolve_pooling(config))
         optimizer = create_optimizer(config.learning_rate,
                                      total_steps=steps_per_epoch * config.epochs,
                                      warmup_ratio=config.warmup_ratio,
@@ -328,7 +340,7 @@ def export_from_run(run_dir: str, export_dir: str, checkpoint: Optional[str] = N
                            f"a checkpoint prefix (none found under {run_dir}/checkpoints)")
     encoder = HubEncoder(config.encoder)
     model = build_classifier(encoder, len(label_names), head_units=tuple(config.head_units),
-                             dropout=config.dropout, pooling=config.pooling)
+                             dropout=config.dropout, pooling=resolve_pooling(config))
     model.load_weights(checkpoint).expect_partial()
     preprocessor = default_preprocessor(encoder, config)
     return export_saved_model(model, preprocessor, export_dir, label_names, pair=pair,

@@ -171,9 +171,12 @@ def test_errors_are_one_line(tmp_path, encoder4, vocab_file, sentiment_files, ca
     assert not os.path.exists(out) or not os.path.exists(os.path.join(out, "export"))
 
 
-def test_errors_url_handle_offline(capsys, monkeypatch):
+def test_errors_url_handle_offline(capsys, monkeypatch, tmp_path, sentiment_files):
     # Point the hub resolver at a port nothing listens on: a download that fails fast
     # here exactly as it does with no network.
-    monkeypatch.setenv("TFHUB_CACHE_DIR", "/tmp/kbft-test-hub-cache")
-    _one_line_error(capsys, ["report", "--encoder", "http://127.0.0.1:9/bert_en_uncased/4"],
-                    "Could not download encoder handle")
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "hub-cache"))
+    url = "http://127.0.0.1:9/tensorflow/bert_en_uncased_L-12_H-768_A-12/4"
+    _one_line_error(capsys, ["report", "--encoder", url], "Could not download encoder handle")
+    _one_line_error(capsys, ["train", "--encoder", url, "--train", sentiment_files[0],
+                             "--output", str(tmp_path / "run")],
+                    "pass the local folder or a gs:// path")

@@ -135,3 +135,19 @@ def test_real_sst2_and_mrpc_formats():
                                   text_column="#1 String", text_pair_column="#2 String",
                                   label_column="Quality")
     assert len(mrpc) == 500 and mrpc.is_pair and set(mrpc.labels.tolist()) == {0, 1}
+
+
+def test_bucketed_batches_group_lengths_and_keep_every_example(vocab_file):
+    pre = Preprocessor.from_vocab(vocab_file, seq_length=32)
+    short, longer = "good", " ".join(["the movie was very good fun"] * 3)
+    texts = [short if i % 2 else longer for i in range(40)]
+    ex = data_lib.examples_from_lists(texts, list(range(40)))
+    batches = list(data_lib.make_dataset(ex, pre, batch_size=8, shuffle=True,
+                                         padding="bucketed"))
+    seen = sorted(int(y) for _, labels in batches for y in labels.numpy())
+    assert seen == list(range(40))  # each example exactly once
+    widths = sorted({f["input_word_ids"].shape[1] for f, _ in batches})
+    assert widths == [8, 24]  # short texts never padded to the long ones' length
+    for features, labels in batches:
+        parity = {int(y) % 2 for y in labels.numpy()}
+        assert len(parity) == 1  # one length bucket per batch
