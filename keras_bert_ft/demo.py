@@ -21,8 +21,8 @@ EXAMPLES = [
 # words) while half of SST-2's training examples are phrases of <= 7 words, so the demo
 # trains on the sentence-like examples (>= 8 words). Embeddings stay frozen: their
 # 11.9M parameters are half the model and barely move in one epoch.
-DEFAULTS = dict(train_examples=24000, min_words=8, epochs=1, trainable_layers="all",
-                train_embeddings=False, learning_rate=1e-4, batch_size=32, seq_length=128)
+DEFAULTS = dict(train_examples=28000, min_words=8, epochs=1, trainable_layers="all",
+                train_embeddings=False, learning_rate=2e-4, batch_size=32, seq_length=128)
 
 
 def find_sst2(data_dir: Optional[str]) -> Optional[str]:
