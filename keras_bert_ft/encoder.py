@@ -95,13 +95,8 @@ def resolve_layers(spec: TrainableSpec, num_layers: int) -> List[int]:
     raise bad_argument("trainable_layers", spec, expected)
 
 
-def _is_remote(handle: str) -> bool:
+def is_remote(handle: str) -> bool:
     return bool(re.match(r"^[a-z][a-z0-9+.-]*://", handle))
-
-
-def load_options_for(handle: str):
-    """SavedModel load options; None for the default."""
-    return None
 
 
 class HubEncoder(hub.KerasLayer):
@@ -132,7 +127,7 @@ class HubEncoder(hub.KerasLayer):
                                "a preset name, URL, local folder or gs:// path")
         self._requested_handle = handle
         resolved = _resolve_preset(handle)
-        _check_local_handle(resolved)
+        check_local_handle(resolved)
         try:
             super().__init__(resolved, trainable=True, name=name, **kwargs)
         except KbftError:
@@ -253,8 +248,8 @@ def _resolve_preset(handle: str) -> str:
     return presets.resolve_encoder(handle)
 
 
-def _check_local_handle(handle: str) -> None:
-    if _is_remote(handle):
+def check_local_handle(handle: str) -> None:
+    if is_remote(handle):
         return
     if not os.path.isdir(handle):
         raise bad_argument("handle", handle,
@@ -268,7 +263,7 @@ def _check_local_handle(handle: str) -> None:
 
 def _load_error(requested: str, resolved: str, err: Exception) -> KbftError:
     reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    if _is_remote(resolved) and not resolved.startswith("gs://"):
+    if is_remote(resolved) and not resolved.startswith("gs://"):
         return KbftError(
             f"Could not download encoder handle {requested!r} ({reason[:200]}). With no "
             "network, download the model elsewhere (tfhub.dev/Kaggle, "

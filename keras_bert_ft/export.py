@@ -91,7 +91,11 @@ def _atomic_write(target: str, write) -> None:
         if os.path.exists(target):
             old = f"{tmp}.old"
             os.rename(target, old)
-            os.rename(tmp, target)
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                os.rename(old, target)  # put the previous export back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, target)

@@ -169,14 +169,14 @@ def _load_hub_preprocessor(handle: str):
         resolved = presets.resolve_preprocessor(handle)
     except ImportError:
         pass
-    from keras_bert_ft.encoder import _check_local_handle, _is_remote
-    _check_local_handle(resolved)
+    from keras_bert_ft.encoder import check_local_handle, is_remote
+    check_local_handle(resolved)
     import tensorflow_hub as hub
     try:
         module = hub.load(resolved)
     except Exception as err:  # resolver and loader raise many kinds
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        if _is_remote(resolved) and not resolved.startswith("gs://"):
+        if is_remote(resolved) and not resolved.startswith("gs://"):
             raise KbftError(
                 f"Could not download preprocessor handle {handle!r} ({reason}). With no "
                 "network, pass a local copy of the preprocess model or the encoder's "

@@ -79,13 +79,19 @@ class FineTuneConfig:
 
 
 class ThroughputCallback(keras.callbacks.Callback):
-    """Training examples per second, the first (tracing) batch of each fit excluded."""
+    """Training examples per second, the first (tracing) batch of each fit excluded.
 
-    def __init__(self, batch_size: int):
+    Counts real examples, not `batches x batch_size`: length buckets emit partial
+    batches at the end of each epoch.
+    """
+
+    def __init__(self, batch_size: int, examples_per_epoch: Optional[int] = None):
         super().__init__()
         self.batch_size = batch_size
+        self.examples_per_epoch = examples_per_epoch
         self.seconds = 0.0
         self.batches = 0
+        self.epochs = 0
         self._start = None
         self._first = True
 
@@ -99,9 +105,19 @@ class ThroughputCallback(keras.callbacks.Callback):
         self.seconds += time.perf_counter() - self._start
         self.batches += 1
 
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs += 1
+
+    @property
+    def examples(self) -> int:
+        counted = self.batches * self.batch_size
+        if self.examples_per_epoch and self.epochs:
+            counted = min(counted, self.epochs * self.examples_per_epoch - self.batch_size)
+        return counted
+
     @property
     def examples_per_second(self) -> float:
-        return self.batches * self.batch_size / self.seconds if self.seconds else 0.0
+        return self.examples / self.seconds if self.seconds else 0.0
 
 
 @dataclasses.dataclass
@@ -243,7 +259,7 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
         val_ds = data_lib.make_dataset(
             val_ex, preprocessor, batch_size=config.batch_size,
             padding="static" if config.padding == "static" else "dynamic")
-    throughput = ThroughputCallback(config.batch_size)
+    throughput = ThroughputCallback(config.batch_size, len(train_ex))
     all_callbacks = [throughput, *_output_callbacks(config.output_dir), *callbacks]
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
                         callbacks=all_callbacks, verbose=config.verbose)

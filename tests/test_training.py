@@ -83,3 +83,15 @@ def test_errors_one_class_and_bad_config(encoder2):
 def test_public_api_names_import():
     for name in kbft.__all__:
         assert getattr(kbft, name) is not None, name
+
+
+def test_throughput_counts_real_examples_not_padded_batches():
+    from keras_bert_ft.training import ThroughputCallback
+    timer = ThroughputCallback(batch_size=32, examples_per_epoch=100)
+    for _ in range(6):  # 100 examples in length buckets: 6 batches, some partial
+        timer.on_train_batch_begin(0)
+        timer.on_train_batch_end(0)
+    timer.on_epoch_end(0)
+    assert timer.batches == 5  # the first (tracing) batch is not timed
+    assert timer.examples == 100 - 32
+    assert timer.examples_per_second > 0
