@@ -171,14 +171,15 @@ def resolve_pooling(config: "FineTuneConfig") -> str:
 
 
 def default_preprocessor(encoder: HubEncoder, config: FineTuneConfig) -> Preprocessor:
-    """The preprocessor the user named, else the encoder's: preset or its vocab asset."""
+    """The preprocessor the user named, else the encoder's own: its vocab asset (TF-Hub
+    BERT encoders carry `vocab_file` and `do_lower_case`), else the preset's."""
     if config.preprocessor:
         return Preprocessor.from_handle(config.preprocessor, lower_case=config.lower_case,
                                         seq_length=config.seq_length)
-    if _preset(config.encoder) is not None:
-        return Preprocessor.from_hub(config.encoder, seq_length=config.seq_length)
     root = encoder.resolved_object
     vocab = getattr(root, "vocab_file", None)
+    if vocab is None and _preset(config.encoder) is not None:
+        return Preprocessor.from_hub(config.encoder, seq_length=config.seq_length)
     if vocab is None:
         raise bad_argument("preprocessor", None, "a vocab.txt or preprocessor handle (the "
                            f"encoder {config.encoder!r} carries no vocab_file)")
