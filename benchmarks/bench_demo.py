@@ -8,12 +8,12 @@ examples/s (first step excluded), wall time and peak resident memory of the proc
 """
 
 import argparse
-import json
 import os
 import platform
-import resource
 import sys
 import time
+
+from _common import peak_mib, write_figures
 
 
 def main(argv=None) -> int:
@@ -30,7 +30,6 @@ def main(argv=None) -> int:
     metrics = run_demo(data_dir=args.data, output_dir=args.output,
                        train_examples=args.train_examples)
     wall = time.time() - start
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     figures = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}",
@@ -38,13 +37,10 @@ def main(argv=None) -> int:
                                     if args.train_examples else {})},
         "sst2_test_accuracy": round(metrics["accuracy"], 4),
         "train_examples_per_second": metrics["train_examples_per_second"],
-        "peak_memory_mib": round(peak_mib, 1),
+        "peak_memory_mib": round(peak_mib(), 1),
         "demo_wall_seconds": round(wall, 1),
     }
-    print(json.dumps(figures, indent=2))
-    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(figures, f, indent=2)
+    write_figures(figures, args.json)
     return 0
 
 

@@ -11,12 +11,12 @@ batched tokeniser as the tokenisation anchor.
 """
 
 import argparse
-import json
 import os
 import platform
-import resource
 import sys
 import time
+
+from _common import peak_mib, write_figures
 
 import numpy as np
 
@@ -34,10 +34,6 @@ def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
     for _ in range(repeats):
         matmul().numpy()
     return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e9
-
-
-def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_kbft(train, dev, **overrides):
@@ -192,10 +188,7 @@ def main(argv=None) -> int:
     figures["tokenize_pack_128"] = tokenizer_throughput(pre, all_texts, vocab)
     figures["export"] = export_latency(result, "runs/bench_finetune/export")
     figures["peak_memory_mib"] = round(peak_mib(), 1)
-    print(json.dumps(figures, indent=2))
-    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(figures, f, indent=2)
+    write_figures(figures, args.json)
     return 0
 
 

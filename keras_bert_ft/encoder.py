@@ -11,8 +11,6 @@ import os
 import re
 from typing import Dict, List, Optional, Sequence, Union
 
-import tensorflow as tf
-
 from keras_bert_ft._keras import keras  # noqa: F401  (selects tf_keras before hub)
 from keras_bert_ft.errors import KbftError, bad_argument
 

@@ -23,7 +23,7 @@ from keras_bert_ft.export import ServingModule, export_saved_model
 from keras_bert_ft.metrics import classification_metrics
 from keras_bert_ft.models import build_classifier
 from keras_bert_ft.optimization import create_optimizer
-from keras_bert_ft.preprocessing import Preprocessor, check_seq_length, trim_to_longest
+from keras_bert_ft.preprocessing import Preprocessor, check_seq_length
 from keras_bert_ft.strategy import get_strategy
 
 logger = logging.getLogger("keras_bert_ft")

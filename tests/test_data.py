@@ -1,9 +1,7 @@
 """Data loading: files, DataFrames, lists, tfds; label mapping; the errors users hit."""
 
-import numpy as np
 import pandas as pd
 import pytest
-import tensorflow as tf
 
 from keras_bert_ft import data as data_lib
 from keras_bert_ft.errors import KbftError

@@ -1,0 +1,18 @@
+"""What every benchmark script shares: peak memory and printing + writing its figures."""
+
+import json
+import os
+import resource
+
+
+def peak_mib() -> float:
+    """Peak resident memory of this process so far, MiB (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_figures(figures: dict, path: str) -> None:
+    """Prints the figures as JSON and writes them to `path`."""
+    print(json.dumps(figures, indent=2))
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(figures, f, indent=2)
