@@ -51,8 +51,8 @@ class FineTuneConfig:
     trainable_layers: TrainableSpec = _field("all", '"all", "none", top k, or a list of layer indices')
     train_embeddings: Optional[bool] = _field(None, "train embeddings (default: only when all layers train)")
     seq_length: int = _field(128, "maximum tokens per example, [CLS]/[SEP] included")
-    padding: str = _field("bucketed", "bucketed (length-grouped batches), dynamic (per-batch "
-                          "length) or static (fixed, for TPU)")
+    padding: str = _field("auto", "auto (static on TPU, else bucketed), bucketed "
+                          "(length-grouped batches), dynamic (per-batch length) or static")
     head_units: Sequence[int] = _field((), "widths of Dense+ReLU+Dropout blocks before the logits")
     dropout: float = _field(0.1, "dropout of the head")
     pooling: Optional[str] = _field(
@@ -73,8 +73,9 @@ class FineTuneConfig:
         check_seq_length(self.seq_length)
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
             raise bad_argument("learning_rate", self.learning_rate, "a float > 0")
-        if self.padding not in data_lib.PADDINGS:
-            raise bad_argument("padding", self.padding, f"one of {', '.join(data_lib.PADDINGS)}")
+        if self.padding not in ("auto", *data_lib.PADDINGS):
+            raise bad_argument("padding", self.padding,
+                               f"one of auto, {', '.join(data_lib.PADDINGS)}")
         return self
 
 
@@ -152,6 +153,13 @@ def predict_probabilities(model, preprocessor, texts, texts_pair=None, batch_siz
         pair = None if texts_pair is None else tf.constant(list(texts_pair[start:start + batch_size]))
         out.append(serve(chunk, pair)["probabilities"].numpy())
     return np.concatenate(out) if out else np.zeros((0, int(model.output_shape[-1])))
+
+
+def resolve_padding(padding: str, strategy) -> str:
+    """`auto` -> `static` under a TPU strategy (XLA needs fixed shapes), else `bucketed`."""
+    if padding != "auto":
+        return padding
+    return "static" if isinstance(strategy, tf.distribute.TPUStrategy) else "bucketed"
 
 
 def _preset(name: str):
@@ -252,14 +260,15 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
     preprocessor = default_preprocessor(encoder, config)
     if config.verbose:
         print(model.trainable_report())
+    padding = resolve_padding(config.padding, strategy)
     train_ds = data_lib.make_dataset(
         train_ex, preprocessor, batch_size=config.batch_size, shuffle=True,
-        seed=config.seed, padding=config.padding, drop_remainder=config.padding == "static")
+        seed=config.seed, padding=padding, drop_remainder=padding == "static")
     val_ds = None
     if val_ex is not None:  # evaluation keeps its order: no buckets
         val_ds = data_lib.make_dataset(
             val_ex, preprocessor, batch_size=config.batch_size,
-            padding="static" if config.padding == "static" else "dynamic")
+            padding="static" if padding == "static" else "dynamic")
     throughput = ThroughputCallback(config.batch_size, len(train_ex))
     all_callbacks = [throughput, *_output_callbacks(config.output_dir), *callbacks]
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,

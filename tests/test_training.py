@@ -95,3 +95,14 @@ def test_throughput_counts_real_examples_not_padded_batches():
     assert timer.batches == 5  # the first (tracing) batch is not timed
     assert timer.examples == 100 - 32
     assert timer.examples_per_second > 0
+
+
+def test_auto_padding_is_static_on_tpu_and_bucketed_elsewhere():
+    from unittest import mock
+    from keras_bert_ft.training import resolve_padding
+    tpu = mock.MagicMock(spec=tf.distribute.TPUStrategy)
+    assert resolve_padding("auto", tpu) == "static"
+    assert resolve_padding("auto", tf.distribute.get_strategy()) == "bucketed"
+    assert resolve_padding("dynamic", tpu) == "dynamic"
+    with pytest.raises(KbftError, match="Received: padding='ragged'"):
+        kbft.FineTuneConfig(padding="ragged").validate()
