@@ -12,6 +12,7 @@ import re
 from typing import Dict, List, Optional, Sequence, Union
 
 from keras_bert_ft._keras import keras  # noqa: F401  (selects tf_keras before hub)
+from keras_bert_ft import presets
 from keras_bert_ft.errors import KbftError, bad_argument
 
 import tensorflow_hub as hub  # noqa: E402
@@ -124,7 +125,7 @@ class HubEncoder(hub.KerasLayer):
             raise bad_argument("handle", handle,
                                "a preset name, URL, local folder or gs:// path")
         self._requested_handle = handle
-        resolved = _resolve_preset(handle)
+        resolved = presets.resolve_encoder(handle)
         check_local_handle(resolved)
         try:
             super().__init__(resolved, trainable=True, name=name, **kwargs)
@@ -236,14 +237,6 @@ def format_report(rows) -> str:
     lines.append(f"{'trainable':<14}{trainable:>14,}  ({100.0 * trainable / max(total, 1):.1f}%)")
     lines.append(f"{'frozen':<14}{total - trainable:>14,}")
     return "\n".join(lines)
-
-
-def _resolve_preset(handle: str) -> str:
-    try:
-        from keras_bert_ft import presets
-    except ImportError:  # presets is optional data; handles work without it
-        return handle
-    return presets.resolve_encoder(handle)
 
 
 def check_local_handle(handle: str) -> None:

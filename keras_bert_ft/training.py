@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_bert_ft._keras import keras
-from keras_bert_ft import data as data_lib
+from keras_bert_ft import data as data_lib, presets
 from keras_bert_ft.encoder import HubEncoder, TrainableSpec
 from keras_bert_ft.errors import KbftError, bad_argument
 from keras_bert_ft.export import ServingModule, export_saved_model
@@ -162,19 +162,11 @@ def resolve_padding(padding: str, strategy) -> str:
     return "static" if isinstance(strategy, tf.distribute.TPUStrategy) else "bucketed"
 
 
-def _preset(name: str):
-    try:
-        from keras_bert_ft import presets
-    except ImportError:
-        return None
-    return presets.get_preset(name)
-
-
 def resolve_pooling(config: "FineTuneConfig") -> str:
     """The configured pooling, else the encoder preset's, else BERT's pooled output."""
     if config.pooling:
         return config.pooling
-    preset = _preset(config.encoder)
+    preset = presets.get_preset(config.encoder)
     return preset.pooling if preset is not None else "pooled"
 
 
@@ -186,7 +178,7 @@ def default_preprocessor(encoder: HubEncoder, config: FineTuneConfig) -> Preproc
                                         seq_length=config.seq_length)
     root = encoder.resolved_object
     vocab = getattr(root, "vocab_file", None)
-    if vocab is None and _preset(config.encoder) is not None:
+    if vocab is None and presets.get_preset(config.encoder) is not None:
         return Preprocessor.from_hub(config.encoder, seq_length=config.seq_length)
     if vocab is None:
         raise bad_argument("preprocessor", None, "a vocab.txt or preprocessor handle (the "
