@@ -53,6 +53,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             kwargs["type"] = _int_list
         elif isinstance(field.default, bool):
             kwargs["type"] = lambda v: v.lower() in ("1", "true", "yes")
+            kwargs.update(nargs="?", const=True)  # `--deterministic` alone means true
         elif isinstance(field.default, (int, float)) and field.default is not None:
             kwargs["type"] = type(field.default)
         elif field.name in ("max_train_examples", "max_eval_examples"):
@@ -179,6 +180,11 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from keras_bert_ft.doctor import doctor
+    return doctor(as_json=args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kbft", description="Fine-tune BERT-family TF-Hub encoders (keras_bert_ft).")
@@ -235,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--train-examples", type=int, default=None, help="training examples to use")
     demo.add_argument("--epochs", type=int, default=None, help="epochs")
     demo.set_defaults(func=cmd_demo)
+
+    doctor = sub.add_parser("doctor", help="check versions, Keras, tensorflow-text, devices, TPU/Colab; one fix per finding",
+                            description="Checks this environment; exits 1 when a finding is an error.")
+    doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
+    doctor.set_defaults(func=cmd_doctor)
     return parser
 
 

@@ -210,14 +210,17 @@ def _read_tfds(name: str, split: str):
 
 def make_dataset(examples: Examples, preprocessor, *, batch_size: int,
                  shuffle: bool = False, seed: int = 0, padding: str = "dynamic",
-                 drop_remainder: bool = False, with_labels: bool = True) -> tf.data.Dataset:
+                 drop_remainder: bool = False, with_labels: bool = True,
+                 batch_rows: Optional[slice] = None) -> tf.data.Dataset:
     """Batches of `(features, labels)`, tokenised with `preprocessor` inside tf.data.
 
     `padding="dynamic"` cuts each batch to its longest example (rounded up to 8);
     `"bucketed"` also groups examples of similar length into the same batch (shuffled
     within and across buckets), so short texts stop paying for long ones; it changes
     the order, so use it for training only. `"static"` keeps every batch at
-    `preprocessor.seq_length` (TPUs need fixed shapes).
+    `preprocessor.seq_length` (TPUs need fixed shapes). `batch_rows` keeps only those
+    rows of each batch (one worker's share of a global batch); without length buckets
+    they are cut before tokenisation, so the other rows are never tokenised.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise bad_argument("batch_size", batch_size, "an int >= 1")
@@ -251,12 +254,23 @@ def make_dataset(examples: Examples, preprocessor, *, batch_size: int,
         if shuffle:  # buckets fill at different rates; mix the batches they emit
             dataset = dataset.shuffle(64, seed=seed)
         dataset = dataset.map(trim, num_parallel_calls=tf.data.AUTOTUNE)
+        if batch_rows is not None:
+            dataset = dataset.map(_take_rows(batch_rows))
     else:
         dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+        if batch_rows is not None:
+            dataset = dataset.map(_take_rows(batch_rows))
         dataset = dataset.map(encode, num_parallel_calls=tf.data.AUTOTUNE)
         if padding == "dynamic":
             dataset = dataset.map(trim, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _take_rows(rows: slice):
+    def take(*batch):
+        taken = tf.nest.map_structure(lambda t: t[rows], batch)
+        return taken if len(taken) > 1 else taken[0]
+    return take
 
 
 def _bucket_boundaries(seq_length: int) -> List[int]:

@@ -9,6 +9,8 @@ import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 import time
 from typing import List, Optional, Sequence, Union
 
@@ -16,7 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_bert_ft._keras import keras
-from keras_bert_ft import data as data_lib, presets
+from keras_bert_ft import data as data_lib, presets, tpu
+from keras_bert_ft.determinism import enable_determinism
 from keras_bert_ft.encoder import HubEncoder, TrainableSpec
 from keras_bert_ft.errors import KbftError, bad_argument
 from keras_bert_ft.export import ServingModule, export_saved_model
@@ -24,7 +27,9 @@ from keras_bert_ft.metrics import classification_metrics
 from keras_bert_ft.models import build_classifier
 from keras_bert_ft.optimization import create_optimizer
 from keras_bert_ft.preprocessing import Preprocessor, check_seq_length
-from keras_bert_ft.strategy import get_strategy
+from keras_bert_ft.fault_tolerance import RunBackup, StopOnNonFiniteLoss, fingerprint
+from keras_bert_ft.strategy import ensure_strategy, is_chief
+from keras_bert_ft.train_input import epoch_batches, training_input
 
 logger = logging.getLogger("keras_bert_ft")
 
@@ -57,13 +62,23 @@ class FineTuneConfig:
     dropout: float = _field(0.1, "dropout of the head")
     pooling: Optional[str] = _field(
         None, "pooled, cls or mean; default: the preset's (mean for minilm-l6), else pooled")
-    strategy: str = _field("auto", "auto, cpu, gpu, mirrored or tpu")
+    strategy: str = _field("auto", "auto, cpu, gpu, mirrored, tpu or multiworker (TF_CONFIG)")
     seed: int = _field(0, "random seed for initialisation, dropout and shuffling")
     max_train_examples: Optional[int] = _field(None, "use only the first N training examples")
     max_eval_examples: Optional[int] = _field(None, "use only the first N validation examples")
     output_dir: Optional[str] = _field(None, "where checkpoints, logs, history and export go")
     encoding: str = _field("utf-8-sig", "text encoding of the data files")
     verbose: int = _field(1, "0 silent, 1 progress bar, 2 one line per epoch")
+    deterministic: bool = _field(False, "deterministic TensorFlow ops: the same seed gives the "
+                                 "same metrics on CPU, and a resumed run the same as an "
+                                 "uninterrupted one")
+    backup_steps: int = _field(500, "steps between backups under OUTPUT/backup; running the "
+                               "same command again resumes from the last one (0: no backups)")
+    tpu_address: str = _field("", 'TPU to use: "" finds Colab\'s or $TPU_NAME, "local" is a '
+                              "Cloud TPU VM's own, else a TPU name or grpc:// address")
+    precision: str = _field("auto", "auto (mixed_bfloat16 on TPU, else float32), float32, "
+                            "mixed_bfloat16 or mixed_float16 (GPU)")
+    steps_per_execution: int = _field(0, "train steps per host round trip (0: 32 on TPU, else 1)")
 
     def validate(self) -> "FineTuneConfig":
         for name in ("epochs", "batch_size"):
@@ -76,6 +91,12 @@ class FineTuneConfig:
         if self.padding not in ("auto", *data_lib.PADDINGS):
             raise bad_argument("padding", self.padding,
                                f"one of auto, {', '.join(data_lib.PADDINGS)}")
+        for name in ("backup_steps", "steps_per_execution"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise bad_argument(name, value, "an int >= 0")
+        if self.precision not in tpu.PRECISIONS:
+            raise bad_argument("precision", self.precision, f"one of {', '.join(tpu.PRECISIONS)}")
         return self
 
 
@@ -219,7 +240,10 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
         >>> result.metrics["accuracy"], result.export("out/export")
     """
     config = dataclasses.replace(config or FineTuneConfig(), **overrides).validate()
-    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        enable_determinism(config.seed)
+    else:
+        keras.utils.set_random_seed(config.seed)
     train_ex = _as_examples(train, config)
     if config.max_train_examples:
         train_ex = train_ex.take(config.max_train_examples)
@@ -231,40 +255,56 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
         val_ex = _as_examples(validation, config, train_ex.label_names)
         if config.max_eval_examples:
             val_ex = val_ex.take(config.max_eval_examples)
-    strategy = strategy or config.strategy
-    if isinstance(strategy, str):
-        strategy = get_strategy(strategy)
+    strategy = ensure_strategy(strategy or config.strategy, config.tpu_address)
+    config = tpu.resolve_hardware_settings(config, strategy)
     num_classes = len(train_ex.label_names)
     steps_per_epoch = math.ceil(len(train_ex) / config.batch_size)
     with strategy.scope():
         encoder = HubEncoder(config.encoder, trainable_layers=config.trainable_layers,
-                             train_embeddings=config.train_embeddings)
+                             train_embeddings=config.train_embeddings,
+                             **tpu.encoder_load_kwargs(config.encoder, strategy))
         check_seq_length(config.seq_length, encoder.max_seq_length)
-        model = build_classifier(encoder, num_classes, head_units=tuple(config.head_units),
-                                 dropout=config.dropout, pooling=resolve_pooling(config))
+        with tpu.precision_policy(config.precision):
+            model = build_classifier(encoder, num_classes, head_units=tuple(config.head_units),
+                                     dropout=config.dropout, pooling=resolve_pooling(config))
         optimizer = create_optimizer(config.learning_rate,
                                      total_steps=steps_per_epoch * config.epochs,
                                      warmup_ratio=config.warmup_ratio,
                                      weight_decay=config.weight_decay)
         model.compile(optimizer=optimizer,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                      steps_per_execution=config.steps_per_execution)
+    if tpu.is_tpu(strategy):
+        tpu.check_host_tokenisation(model)
     preprocessor = default_preprocessor(encoder, config)
     if config.verbose:
         print(model.trainable_report())
     padding = resolve_padding(config.padding, strategy)
-    train_ds = data_lib.make_dataset(
-        train_ex, preprocessor, batch_size=config.batch_size, shuffle=True,
-        seed=config.seed, padding=padding, drop_remainder=padding == "static")
+    drop_remainder = padding == "static"
+    epoch_steps = epoch_batches(train_ex, preprocessor, batch_size=config.batch_size,
+                                padding=padding, drop_remainder=drop_remainder)
+    backup = None
+    if config.output_dir and config.backup_steps:
+        backup = RunBackup(config.output_dir, fingerprint(config, train_ex),
+                           steps_per_epoch=epoch_steps, backup_steps=config.backup_steps,
+                           strategy=strategy, deterministic=config.deterministic)
+    train = training_input(train_ex, preprocessor, strategy, batch_size=config.batch_size,
+                           seed=config.seed, padding=padding, drop_remainder=drop_remainder,
+                           steps_per_epoch=epoch_steps,
+                           start_step=backup.start_step if backup else 0)
     val_ds = None
     if val_ex is not None:  # evaluation keeps its order: no buckets
         val_ds = data_lib.make_dataset(
             val_ex, preprocessor, batch_size=config.batch_size,
             padding="static" if padding == "static" else "dynamic")
     throughput = ThroughputCallback(config.batch_size, len(train_ex))
-    all_callbacks = [throughput, *_output_callbacks(config.output_dir), *callbacks]
-    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
+    guard = backup.callbacks() if backup else [StopOnNonFiniteLoss()]
+    all_callbacks = [*guard, throughput, *_output_callbacks(config.output_dir), *callbacks]
+    history = model.fit(train.data, steps_per_epoch=train.steps_per_epoch,
+                        validation_data=val_ds, epochs=config.epochs,
                         callbacks=all_callbacks, verbose=config.verbose)
+    history = history.history if backup is None else backup.full_history(history.history)
     metrics = {}
     if val_ex is not None:
         probs = predict_probabilities(model, preprocessor, val_ex.texts, val_ex.texts_pair)
@@ -276,7 +316,7 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
     metrics["train_examples_per_second"] = round(throughput.examples_per_second, 2)
     return FineTuneResult(model=model, preprocessor=preprocessor,
                           label_names=train_ex.label_names, pair=train_ex.is_pair,
-                          config=config, history=_plain_history(history.history),
+                          config=config, history=_plain_history(history),
                           metrics=metrics, strategy=strategy)
 
 
@@ -294,7 +334,19 @@ def _plain_history(history: dict) -> dict:
 
 
 def save_run(result: FineTuneResult, output_dir: str, export: bool = True) -> dict:
-    """Writes `metrics.json`, `history.json`, `history.png`, `run_config.json` and the export."""
+    """Writes `metrics.json`, `history.json`, `history.png`, `run_config.json` and the export.
+
+    Under MultiWorkerMirroredStrategy only the chief writes them; the other workers
+    export into a temporary folder they delete (saving reads variables that every
+    worker must take part in), and return `{}`.
+    """
+    if result.strategy is not None and not is_chief(result.strategy):
+        scratch = tempfile.mkdtemp(prefix="kbft-worker-export-")
+        try:
+            result.export(os.path.join(scratch, "export"))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return {}
     os.makedirs(output_dir, exist_ok=True)
     paths = {}
     if export:
