@@ -120,7 +120,13 @@ def precision_policy(name: str):
 
 def static_int32_batch(batch_size: int, seq_length: int):
     """A `tf.data` map function for TPU batches: int32 ids and labels of fixed shape
-    `[batch_size, seq_length]` / `[batch_size]`, or a clear error while tracing."""
+    `[batch_size, seq_length]` / `[batch_size]`, or a clear error while tracing.
+
+    Tokenisers lose the static batch size, so an unknown batch dimension is pinned
+    (the pipeline must drop partial batches); an unknown or different sequence length
+    is an error.
+    """
+    @tf.autograph.experimental.do_not_convert
     def fix(features, labels=None):
         out = {}
         for name, value in features.items():
@@ -139,13 +145,12 @@ def static_int32_batch(batch_size: int, seq_length: int):
 
 
 def _check_static(name, shape, expected):
-    if shape.rank != len(expected) or any(d is None for d in shape):
+    if shape.rank != len(expected) or any(d is None for d in shape[1:]):
         raise KbftError(
             f"TPU input {name!r} has shape {shape}, but a TPU needs fixed shapes "
-            f"{expected}: use padding='static' and drop_remainder=True. Received: "
-            f"{name}.shape={shape}")
-    if list(shape) != expected:
-        raise KbftError(f"TPU input {name!r} has shape {list(shape)}, expected {expected}.")
+            f"{expected}: use padding='static'. Received: {name}.shape={shape}")
+    if not shape.is_compatible_with(expected):
+        raise KbftError(f"TPU input {name!r} has shape {shape}, expected {expected}.")
 
 
 def check_host_tokenisation(model) -> None:

@@ -19,10 +19,13 @@ need every example's length, so there each worker tokenises the global batch.
 import dataclasses
 from typing import Optional
 
+import numpy as np
 import tensorflow as tf
 
 from keras_bert_ft import data as data_lib, strategy as strategy_lib, tpu
 from keras_bert_ft.errors import bad_argument
+
+_CHUNK = 1024  # examples tokenised at a time when counting length buckets
 
 
 @dataclasses.dataclass
@@ -37,13 +40,25 @@ class TrainInput:
 def epoch_batches(examples, preprocessor, *, batch_size: int, padding: str,
                     drop_remainder: bool) -> int:
     """Batches in one epoch. With length buckets each bucket ends the epoch with its own
-    partial batch; their number does not depend on the order, so one pass counts it."""
+    partial batch; their number does not depend on the order, so the examples' token
+    counts give it (tokenised eagerly, in chunks)."""
     if padding != "bucketed":
-        full, rest = divmod(len(examples), batch_size)
-        return full if drop_remainder else full + (rest > 0)
-    epoch = data_lib.make_dataset(examples, preprocessor, batch_size=batch_size,
-                                  padding=padding, drop_remainder=drop_remainder)
-    return int(epoch.reduce(0, lambda count, _: count + 1))
+        return _batches(len(examples), batch_size, drop_remainder)
+    lengths = []
+    for start in range(0, len(examples), _CHUNK):
+        pair = examples.texts_pair[start:start + _CHUNK] if examples.is_pair else None
+        features = preprocessor(tf.constant(examples.texts[start:start + _CHUNK]),
+                                None if pair is None else tf.constant(pair))
+        lengths.append(tf.reduce_sum(features["input_mask"], axis=1).numpy())
+    # bucket_by_sequence_length puts length L in bucket i when edges[i-1] <= L < edges[i].
+    buckets = np.searchsorted(data_lib._bucket_boundaries(preprocessor.seq_length),
+                              np.concatenate(lengths), side="right")
+    return sum(_batches(int(n), batch_size, drop_remainder) for n in np.bincount(buckets))
+
+
+def _batches(examples: int, batch_size: int, drop_remainder: bool) -> int:
+    full, rest = divmod(examples, batch_size)
+    return full if drop_remainder else full + (rest > 0)
 
 
 def training_input(examples, preprocessor, strategy, *, batch_size: int, seed: int,
@@ -71,6 +86,9 @@ def training_input(examples, preprocessor, strategy, *, batch_size: int, seed: i
         raise bad_argument("batch_size", batch_size, f"a multiple of the {replicas} replicas "
                            "(the global batch is split evenly across them)")
     on_tpu = strategy_lib.is_tpu(strategy)
+    if on_tpu and not drop_remainder:
+        raise bad_argument("drop_remainder", drop_remainder, "True on a TPU (every batch "
+                           "must have the same, fixed size)")
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
         per_replica = context.get_per_replica_batch_size(batch_size)

@@ -1,0 +1,128 @@
+"""MultiWorkerMirroredStrategy: two worker processes on 127.0.0.1 train exactly what one
+machine's MirroredStrategy over two CPUs trains; TF_CONFIG is checked with clear errors."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import keras_bert_ft as kbft
+from keras_bert_ft import export as export_lib, strategy as strategy_lib, tfhub_format
+from keras_bert_ft.errors import KbftError
+
+from conftest import VOCAB
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# One worker: the strategy comes first (it must exist before other TensorFlow work).
+WORKER = r"""
+import json, sys
+import numpy as np
+import keras_bert_ft as kbft
+strategy = kbft.get_strategy("multiworker")
+from keras_bert_ft.training import save_run
+args = json.loads(sys.argv[1])
+result = kbft.fine_tune(args["train"], strategy=strategy, **args["config"])
+paths = save_run(result, args["config"]["output_dir"])
+if paths:  # the chief
+    np.savez(args["weights"], *result.model.get_weights())
+print("WORKER DONE", json.dumps({"chief": bool(paths), "replicas": strategy.num_replicas_in_sync}))
+"""
+
+
+@pytest.fixture(scope="module")
+def dropout_free_encoder(tmp_path_factory, vocab_file):
+    """Dropout draws differ between a replica thread and a worker process; without dropout
+    both setups compute the same numbers."""
+    config = tfhub_format.bert_config(vocab_size=len(VOCAB), hidden_size=32, num_layers=2,
+                                      num_heads=2, intermediate_size=64, max_seq_length=32,
+                                      dropout=0.0)
+    path = tmp_path_factory.mktemp("nodrop") / "encoder"
+    return tfhub_format.export_encoder(str(path), config, vocab_file=vocab_file,
+                                       do_lower_case=True)
+
+
+def free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def run_workers(args, timeout=420):
+    """Starts both workers, waits for both; a hang fails the test instead of blocking."""
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for index in range(2):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+                   PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(args)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=timeout)[0])
+    except subprocess.TimeoutExpired:
+        pytest.fail("multi-worker training hung")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for proc, out in zip(procs, outputs):
+        assert proc.returncode == 0, out[-3000:]
+    return [json.loads(out.split("WORKER DONE", 1)[1].strip().splitlines()[0]) for out in outputs]
+
+
+@pytest.mark.slow
+def test_two_workers_train_what_mirrored_trains(tmp_path, dropout_free_encoder, sentiment_files):
+    train = sentiment_files[0]  # 48 examples: 6 full global batches of 8 per epoch
+    out = str(tmp_path / "run")
+    config = dict(encoder=dropout_free_encoder, epochs=2, batch_size=8, learning_rate=1e-3,
+                  seq_length=16, trainable_layers=1, dropout=0.0, padding="dynamic", seed=7,
+                  verbose=0, output_dir=out, backup_steps=4)
+    reports = run_workers({"train": train, "config": config,
+                           "weights": str(tmp_path / "weights.npz")})
+    assert [r["chief"] for r in reports] == [True, False]
+    assert all(r["replicas"] == 2 for r in reports)
+    # The chief alone wrote the run folder and the export; the backups are gone.
+    assert sorted(os.listdir(out)) == ["checkpoints", "export", "history.json", "history.png",
+                                       "logs", "metrics.json", "run_config.json"]
+    export_lib.predict_export(export_lib.load_export(os.path.join(out, "export")), ["good fun"])
+
+    local = config | {"output_dir": str(tmp_path / "mirrored")}
+    result = kbft.fine_tune(train, strategy=kbft.get_strategy("mirrored"), **local)
+    assert result.strategy.num_replicas_in_sync == 2  # conftest's two logical CPUs
+    saved = np.load(str(tmp_path / "weights.npz"))
+    workers = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    mirrored = result.model.get_weights()
+    assert len(workers) == len(mirrored)
+    for a, b in zip(workers, mirrored):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    untrained = kbft.HubEncoder(dropout_free_encoder).layer_groups()["layer_1"]
+    trained = result.model.encoder.layer_groups()["layer_1"]
+    assert max(float(np.abs(a.numpy() - b.numpy()).max()) for a, b in zip(trained, untrained)) > 1e-4
+
+
+def test_tf_config_errors(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(KbftError, match="TF_CONFIG must be set for kind='multiworker'"):
+        kbft.get_strategy("multiworker")
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(KbftError, match=r"TF_CONFIG must be JSON like .*Received: TF_CONFIG='\{not json'"):
+        strategy_lib.read_tf_config()
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 2}}))
+    with pytest.raises(KbftError, match="names no task of the cluster"):
+        strategy_lib.read_tf_config()
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
+    assert strategy_lib.read_tf_config()["task"]["index"] == 1
+    assert strategy_lib.describe_auto().startswith("MultiWorkerMirroredStrategy (2 tasks")
