@@ -19,6 +19,7 @@ _EXPORTS = {
     "create_optimizer": "optimization",
     "AdamW": "optimization",
     "get_strategy": "strategy",
+    "enable_determinism": "determinism",
     "export_saved_model": "export",
     "load_export": "export",
     "predict_export": "export",

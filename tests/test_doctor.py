@@ -1,5 +1,6 @@
 """kbft doctor: reports this machine (CPU only, versions consistent) and gives one fix per finding."""
 
+import io
 import json
 
 from keras_bert_ft import cli, doctor
@@ -23,6 +24,7 @@ def test_reports_this_machine(capsys):
     assert findings["devices"].message.startswith("1 CPU, 0 GPU, 0 TPU")
     assert findings["strategy"].message.endswith("default strategy on CPU")
     assert not [f for f in findings.values() if f.level == "error"]
+    assert doctor.doctor(out=io.StringIO()) == 0  # what the notebook calls
     assert cli.main(["doctor", "--json"]) == 0
     assert {"versions", "keras", "devices", "strategy"} <= {
         f["check"] for f in json.loads(capsys.readouterr().out)}
