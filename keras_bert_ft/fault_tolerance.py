@@ -113,10 +113,10 @@ class RunBackup:
                     f"command to resume it, or use another output folder, or delete "
                     f"{self.directory} to start afresh.")
             saved = None
-        if saved is not None:
-            self.resume = resume_point(self.directory, steps_per_epoch)
-        elif self.chief:
+        if self.chief and saved is None:
             _write_json(run_file, run_fingerprint)
+        elif saved is not None or not self.chief:  # other workers follow the chief's backup
+            self.resume = resume_point(self.directory, steps_per_epoch)
         if self.resume is not None:
             logger.warning("keras_bert_ft: resuming from the backup in %s: epoch %d after "
                            "step %d of %d (%d steps done)", self.directory, self.resume.epoch + 1,
