@@ -77,6 +77,9 @@ def cmd_train(args) -> int:
         raise bad_argument("output", None, "a folder for checkpoints, logs and the export")
     result = fine_tune(args.train, args.validation, config)
     paths = save_run(result, config.output_dir)
+    if not paths:  # a non-chief worker: the chief writes the run folder
+        print("worker finished; the chief wrote the run folder")
+        return 0
     print(json.dumps(result.metrics, indent=2))
     print(f"export: {paths['export']}\nmetrics: {os.path.join(config.output_dir, 'metrics.json')}")
     return 0

@@ -114,6 +114,9 @@ class RunBackup:
                     f"{self.directory} to start afresh.")
             saved = None
         if self.chief and saved is None:
+            stale = os.path.join(self.directory, "chief")  # a backup without its run.json
+            if tf.io.gfile.exists(stale):
+                tf.io.gfile.rmtree(stale)
             _write_json(run_file, run_fingerprint)
         elif saved is not None or not self.chief:  # other workers follow the chief's backup
             self.resume = resume_point(self.directory, steps_per_epoch)

@@ -235,6 +235,10 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
         callbacks: the user's own Keras callbacks, passed to `fit`.
         strategy: a `tf.distribute.Strategy` or a `get_strategy` kind.
 
+    With `output_dir`, the run backs up every `backup_steps` steps to `output_dir/backup`;
+    called again with the same settings after a crash, it resumes there
+    (fault_tolerance.py). A NaN/inf loss raises `NonFiniteLoss`.
+
     Example:
         >>> result = fine_tune("train.tsv", "dev.tsv", epochs=1, trainable_layers=2)
         >>> result.metrics["accuracy"], result.export("out/export")
