@@ -18,22 +18,6 @@ from conftest import VOCAB
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# One worker: the strategy comes first (it must exist before other TensorFlow work).
-WORKER = r"""
-import json, sys
-import numpy as np
-import keras_bert_ft as kbft
-strategy = kbft.get_strategy("multiworker")
-from keras_bert_ft.training import save_run
-args = json.loads(sys.argv[1])
-result = kbft.fine_tune(args["train"], strategy=strategy, **args["config"])
-paths = save_run(result, args["config"]["output_dir"])
-if paths:  # the chief
-    np.savez(args["weights"], *result.model.get_weights())
-print("WORKER DONE", json.dumps({"chief": bool(paths), "replicas": strategy.num_replicas_in_sync}))
-"""
-
-
 @pytest.fixture(scope="module")
 def dropout_free_encoder(tmp_path_factory, vocab_file):
     """Dropout draws differ between a replica thread and a worker process; without dropout
@@ -56,8 +40,9 @@ def free_ports(n):
     return ports
 
 
-def run_workers(args, timeout=420):
-    """Starts both workers, waits for both; a hang fails the test instead of blocking."""
+def run_workers(argv, timeout=420):
+    """Starts `kbft <argv>` as both workers, waits for both; a hang fails the test instead
+    of blocking CI."""
     ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
@@ -65,7 +50,7 @@ def run_workers(args, timeout=420):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
                    TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
                    PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(args)], env=env,
+        procs.append(subprocess.Popen([sys.executable, "-m", "keras_bert_ft.cli", *argv], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = []
     try:
@@ -79,35 +64,41 @@ def run_workers(args, timeout=420):
                 proc.kill()
     for proc, out in zip(procs, outputs):
         assert proc.returncode == 0, out[-3000:]
-    return [json.loads(out.split("WORKER DONE", 1)[1].strip().splitlines()[0]) for out in outputs]
+    return outputs
+
+
+def named_weights(model):
+    return {v.name: v.numpy() for v in model.weights}
 
 
 @pytest.mark.slow
 def test_two_workers_train_what_mirrored_trains(tmp_path, dropout_free_encoder, sentiment_files):
     train = sentiment_files[0]  # 48 examples: 6 full global batches of 8 per epoch
-    out = str(tmp_path / "run")
-    config = dict(encoder=dropout_free_encoder, epochs=2, batch_size=8, learning_rate=1e-3,
-                  seq_length=16, trainable_layers=1, dropout=0.0, padding="dynamic", seed=7,
-                  verbose=0, output_dir=out, backup_steps=4)
-    reports = run_workers({"train": train, "config": config,
-                           "weights": str(tmp_path / "weights.npz")})
-    assert [r["chief"] for r in reports] == [True, False]
-    assert all(r["replicas"] == 2 for r in reports)
+    encoder, out = dropout_free_encoder, str(tmp_path / "run")
+    argv = ["train", "--strategy", "multiworker", "--train", train, "--encoder", encoder,
+            "--epochs", "2", "--batch-size", "8", "--learning-rate", "1e-3", "--seq-length", "16",
+            "--trainable-layers", "1", "--dropout", "0", "--padding", "dynamic", "--seed", "7",
+            "--backup-steps", "4", "--verbose", "0", "--output", out]
+    chief, worker = run_workers(argv)
+    assert "export: " in chief and "worker finished; the chief wrote the run folder" in worker
     # The chief alone wrote the run folder and the export; the backups are gone.
     assert sorted(os.listdir(out)) == ["checkpoints", "export", "history.json", "history.png",
                                        "logs", "metrics.json", "run_config.json"]
+    assert json.load(open(os.path.join(out, "metrics.json")))["train_examples"] == 48
     export_lib.predict_export(export_lib.load_export(os.path.join(out, "export")), ["good fun"])
+    trained = kbft.build_classifier(kbft.HubEncoder(encoder), 2, dropout=0.0)
+    trained.load_weights(os.path.join(out, "checkpoints", "ckpt-002")).expect_partial()
 
-    local = config | {"output_dir": str(tmp_path / "mirrored")}
-    result = kbft.fine_tune(train, strategy=kbft.get_strategy("mirrored"), **local)
+    result = kbft.fine_tune(train, strategy=kbft.get_strategy("mirrored"), encoder=encoder,
+                            epochs=2, batch_size=8, learning_rate=1e-3, seq_length=16,
+                            trainable_layers=1, dropout=0.0, padding="dynamic", seed=7,
+                            verbose=0)
     assert result.strategy.num_replicas_in_sync == 2  # conftest's two logical CPUs
-    saved = np.load(str(tmp_path / "weights.npz"))
-    workers = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-    mirrored = result.model.get_weights()
-    assert len(workers) == len(mirrored)
-    for a, b in zip(workers, mirrored):
-        np.testing.assert_allclose(a, b, atol=1e-5)
-    untrained = kbft.HubEncoder(dropout_free_encoder).layer_groups()["layer_1"]
+    workers, mirrored = named_weights(trained), named_weights(result.model)
+    assert sorted(workers) == sorted(mirrored) and len(workers) == len(trained.weights) > 20
+    for name, value in mirrored.items():
+        np.testing.assert_allclose(workers[name], value, atol=1e-5, err_msg=name)
+    untrained = kbft.HubEncoder(encoder).layer_groups()["layer_1"]
     trained = result.model.encoder.layer_groups()["layer_1"]
     assert max(float(np.abs(a.numpy() - b.numpy()).max()) for a, b in zip(trained, untrained)) > 1e-4
 
