@@ -4,6 +4,7 @@ Reads the data, picks the strategy, builds encoder + head under its scope, compi
 AdamW + warmup, runs plain `model.fit`, and computes the task metrics on validation.
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -22,11 +23,14 @@ from keras_bert_ft.errors import KbftError, bad_argument
 from keras_bert_ft.export import ServingModule, export_saved_model
 from keras_bert_ft.metrics import classification_metrics
 from keras_bert_ft.models import build_classifier
+from keras_bert_ft.native_encoder import IMPLS, NativeEncoder, make_encoder
 from keras_bert_ft.optimization import create_optimizer
 from keras_bert_ft.preprocessing import Preprocessor, check_seq_length
 from keras_bert_ft.strategy import get_strategy
 
 logger = logging.getLogger("keras_bert_ft")
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 def _field(default, help: str):
@@ -57,7 +61,16 @@ class FineTuneConfig:
     dropout: float = _field(0.1, "dropout of the head")
     pooling: Optional[str] = _field(
         None, "pooled, cls or mean; default: the preset's (mean for minilm-l6), else pooled")
+    encoder_impl: str = _field(
+        "auto", "native (rebuild a recognised BERT encoder as Keras layers: mixed precision "
+                "reaches it), hub (run the restored SavedModel graph), or auto (native "
+                "when recognised)")
     strategy: str = _field("auto", "auto, cpu, gpu, mirrored or tpu")
+    mixed_precision: Optional[str] = _field(
+        None, "mixed_bfloat16 (TPU, recent CPUs) or mixed_float16 (GPU, with loss scaling); "
+              "reaches the encoder's matmuls on the native path only (see encoder_impl)")
+    jit_compile: bool = _field(False, "compile the train step with XLA")
+    steps_per_execution: int = _field(1, "train steps per tf.function call (TPU: 32 or more)")
     seed: int = _field(0, "random seed for initialisation, dropout and shuffling")
     max_train_examples: Optional[int] = _field(None, "use only the first N training examples")
     max_eval_examples: Optional[int] = _field(None, "use only the first N validation examples")
@@ -66,13 +79,18 @@ class FineTuneConfig:
     verbose: int = _field(1, "0 silent, 1 progress bar, 2 one line per epoch")
 
     def validate(self) -> "FineTuneConfig":
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "steps_per_execution"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad_argument(name, value, "an int >= 1")
         check_seq_length(self.seq_length)
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
             raise bad_argument("learning_rate", self.learning_rate, "a float > 0")
+        if self.encoder_impl not in IMPLS:
+            raise bad_argument("encoder_impl", self.encoder_impl, f"one of {', '.join(IMPLS)}")
+        if self.mixed_precision not in (None, *PRECISIONS):
+            raise bad_argument("mixed_precision", self.mixed_precision,
+                               f"None or one of {', '.join(PRECISIONS)}")
         if self.padding not in ("auto", *data_lib.PADDINGS):
             raise bad_argument("padding", self.padding,
                                f"one of auto, {', '.join(data_lib.PADDINGS)}")
@@ -80,10 +98,12 @@ class FineTuneConfig:
 
 
 class ThroughputCallback(keras.callbacks.Callback):
-    """Training examples per second, the first (tracing) batch of each fit excluded.
+    """Training examples per second, wall clock, the first execution of each epoch excluded.
 
-    Counts real examples, not `batches x batch_size`: length buckets emit partial
-    batches at the end of each epoch.
+    Time runs from the end of each epoch's first execution (tracing, pipeline warm-up) to
+    the end of its last, so input-pipeline waits count, as they do for the user. Counts
+    real examples, not `steps x batch_size`: length buckets emit partial batches at the
+    end of each epoch. Works with `steps_per_execution` (Keras reports the last step).
     """
 
     def __init__(self, batch_size: int, examples_per_epoch: Optional[int] = None):
@@ -92,29 +112,30 @@ class ThroughputCallback(keras.callbacks.Callback):
         self.examples_per_epoch = examples_per_epoch
         self.seconds = 0.0
         self.batches = 0
-        self.epochs = 0
-        self._start = None
-        self._first = True
+        self.examples = 0
+        self._first = self._last = None
 
-    def on_train_batch_begin(self, batch, logs=None):
-        self._start = time.perf_counter()
+    def on_epoch_begin(self, epoch, logs=None):
+        self._first = self._last = None
 
     def on_train_batch_end(self, batch, logs=None):
-        if self._first:
-            self._first = False
-            return
-        self.seconds += time.perf_counter() - self._start
-        self.batches += 1
+        mark = (time.perf_counter(), int(batch))
+        if self._first is None:
+            self._first = mark
+        else:
+            self._last = mark
 
     def on_epoch_end(self, epoch, logs=None):
-        self.epochs += 1
-
-    @property
-    def examples(self) -> int:
-        counted = self.batches * self.batch_size
-        if self.examples_per_epoch and self.epochs:
-            counted = min(counted, self.epochs * self.examples_per_epoch - self.batch_size)
-        return counted
+        if self._last is None:
+            return
+        steps = self._last[1] - self._first[1]
+        examples = steps * self.batch_size
+        if self.examples_per_epoch:
+            untimed = (self._first[1] + 1) * self.batch_size
+            examples = min(examples, max(self.examples_per_epoch - untimed, 0))
+        self.seconds += self._last[0] - self._first[0]
+        self.batches += steps
+        self.examples += examples
 
     @property
     def examples_per_second(self) -> float:
@@ -176,16 +197,24 @@ def default_preprocessor(encoder: HubEncoder, config: FineTuneConfig) -> Preproc
     if config.preprocessor:
         return Preprocessor.from_handle(config.preprocessor, lower_case=config.lower_case,
                                         seq_length=config.seq_length)
-    root = encoder.resolved_object
-    vocab = getattr(root, "vocab_file", None)
+    vocab, lower = encoder_vocab(encoder)
     if vocab is None and presets.get_preset(config.encoder) is not None:
         return Preprocessor.from_hub(config.encoder, seq_length=config.seq_length)
     if vocab is None:
         raise bad_argument("preprocessor", None, "a vocab.txt or preprocessor handle (the "
                            f"encoder {config.encoder!r} carries no vocab_file)")
-    lower = bool(root.do_lower_case.numpy()) if hasattr(root, "do_lower_case") else config.lower_case
-    return Preprocessor.from_vocab(vocab.asset_path.numpy().decode(), lower_case=lower,
+    return Preprocessor.from_vocab(vocab, lower_case=config.lower_case if lower is None else lower,
                                    seq_length=config.seq_length)
+
+
+def encoder_vocab(encoder):
+    """(vocab.txt path or None, do_lower_case or None) from the encoder's SavedModel assets."""
+    if isinstance(encoder, NativeEncoder):
+        return encoder.vocab_path, encoder.do_lower_case
+    root = encoder.resolved_object
+    vocab = getattr(root, "vocab_file", None)
+    lower = bool(root.do_lower_case.numpy()) if hasattr(root, "do_lower_case") else None
+    return (vocab.asset_path.numpy().decode() if vocab is not None else None), lower
 
 
 def _as_examples(source, config, label_names=None):
@@ -236,9 +265,10 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
         strategy = get_strategy(strategy)
     num_classes = len(train_ex.label_names)
     steps_per_epoch = math.ceil(len(train_ex) / config.batch_size)
-    with strategy.scope():
-        encoder = HubEncoder(config.encoder, trainable_layers=config.trainable_layers,
-                             train_embeddings=config.train_embeddings)
+    with strategy.scope(), precision_policy(config.mixed_precision):
+        encoder = make_encoder(config.encoder, config.encoder_impl,
+                               trainable_layers=config.trainable_layers,
+                               train_embeddings=config.train_embeddings)
         check_seq_length(config.seq_length, encoder.max_seq_length)
         model = build_classifier(encoder, num_classes, head_units=tuple(config.head_units),
                                  dropout=config.dropout, pooling=resolve_pooling(config))
@@ -248,7 +278,9 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
                                      weight_decay=config.weight_decay)
         model.compile(optimizer=optimizer,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                      jit_compile=config.jit_compile,
+                      steps_per_execution=config.steps_per_execution)
     preprocessor = default_preprocessor(encoder, config)
     if config.verbose:
         print(model.trainable_report())
@@ -278,6 +310,21 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
                           label_names=train_ex.label_names, pair=train_ex.is_pair,
                           config=config, history=_plain_history(history.history),
                           metrics=metrics, strategy=strategy)
+
+
+@contextlib.contextmanager
+def precision_policy(name: Optional[str]):
+    """Builds layers under a Keras mixed-precision policy, then restores the previous one.
+
+    Layers keep the policy they were built with; `compile` wraps the optimizer in loss
+    scaling under `mixed_float16`. The logits layer always computes in float32.
+    """
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name or "float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def _output_callbacks(output_dir: Optional[str]):
@@ -356,9 +403,13 @@ def export_from_run(run_dir: str, export_dir: str, checkpoint: Optional[str] = N
     if checkpoint is None:
         raise bad_argument("checkpoint", checkpoint,
                            f"a checkpoint prefix (none found under {run_dir}/checkpoints)")
-    encoder = HubEncoder(config.encoder)
-    model = build_classifier(encoder, len(label_names), head_units=tuple(config.head_units),
-                             dropout=config.dropout, pooling=resolve_pooling(config))
+    # Runs saved before `encoder_impl` existed trained the restored SavedModel graph.
+    impl = saved.get("encoder_impl", "hub")
+    with precision_policy(config.mixed_precision):
+        encoder = make_encoder(config.encoder, impl)
+        model = build_classifier(encoder, len(label_names),
+                                 head_units=tuple(config.head_units),
+                                 dropout=config.dropout, pooling=resolve_pooling(config))
     model.load_weights(checkpoint).expect_partial()
     preprocessor = default_preprocessor(encoder, config)
     return export_saved_model(model, preprocessor, export_dir, label_names, pair=pair,
