@@ -49,7 +49,9 @@ class FineTuneConfig:
     label_column: str = _field("label", "column holding the label")
     epochs: int = _field(3, "passes over the training data")
     batch_size: int = _field(32, "global batch size (split across replicas)")
-    learning_rate: float = _field(5e-5, "peak learning rate after warmup")
+    learning_rate: Optional[float] = _field(
+        None, "peak learning rate after warmup; default: the preset's (1e-4 for minilm-l6), "
+              "else 5e-5")
     warmup_ratio: float = _field(0.1, "fraction of steps with linear warmup")
     weight_decay: float = _field(0.01, "decoupled weight decay (not on LayerNorm/bias)")
     trainable_layers: TrainableSpec = _field("all", '"all", "none", top k, or a list of layer indices')
@@ -84,7 +86,8 @@ class FineTuneConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad_argument(name, value, "an int >= 1")
         check_seq_length(self.seq_length)
-        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
+        if self.learning_rate is not None and not (
+                isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
             raise bad_argument("learning_rate", self.learning_rate, "a float > 0")
         if self.encoder_impl not in IMPLS:
             raise bad_argument("encoder_impl", self.encoder_impl, f"one of {', '.join(IMPLS)}")
@@ -183,6 +186,14 @@ def resolve_padding(padding: str, strategy) -> str:
     return "static" if isinstance(strategy, tf.distribute.TPUStrategy) else "bucketed"
 
 
+def resolve_learning_rate(config: "FineTuneConfig") -> float:
+    """The configured rate, else the encoder preset's, else BERT's usual 5e-5."""
+    if config.learning_rate is not None:
+        return float(config.learning_rate)
+    preset = presets.get_preset(config.encoder)
+    return preset.learning_rate if preset is not None and preset.learning_rate else 5e-5
+
+
 def resolve_pooling(config: "FineTuneConfig") -> str:
     """The configured pooling, else the encoder preset's, else BERT's pooled output."""
     if config.pooling:
@@ -272,7 +283,7 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
         check_seq_length(config.seq_length, encoder.max_seq_length)
         model = build_classifier(encoder, num_classes, head_units=tuple(config.head_units),
                                  dropout=config.dropout, pooling=resolve_pooling(config))
-        optimizer = create_optimizer(config.learning_rate,
+        optimizer = create_optimizer(resolve_learning_rate(config),
                                      total_steps=steps_per_epoch * config.epochs,
                                      warmup_ratio=config.warmup_ratio,
                                      weight_decay=config.weight_decay)
