@@ -56,8 +56,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             kwargs.update(nargs="?", const=True)  # `--deterministic` alone means true
         elif isinstance(field.default, (int, float)) and field.default is not None:
             kwargs["type"] = type(field.default)
-        elif field.name in ("max_train_examples", "max_eval_examples"):
+        elif field.name in ("max_train_examples", "max_eval_examples", "steps_per_execution"):
             kwargs["type"] = int
+        elif field.name == "learning_rate":
+            kwargs["type"] = float
         parser.add_argument(flag, **kwargs)
     parser.add_argument("--cased", action="store_true",
                         help="keep case (vocab.txt preprocessors; default lower-cases)")

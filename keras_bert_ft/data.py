@@ -19,6 +19,9 @@ from keras_bert_ft.preprocessing import trim_to_longest
 
 FORMATS = ("csv", "tsv", "jsonl")
 PADDINGS = ("bucketed", "dynamic", "static")
+# Datasets up to this many tokens (examples x seq_length; ~240 MB of int32 ids) are
+# tokenised once and kept in memory; larger ones are tokenised on the fly every epoch.
+CACHE_MAX_TOKENS = 20_000_000
 _SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
              ".ndjson": "jsonl"}
 
@@ -219,22 +222,14 @@ def make_dataset(examples: Examples, preprocessor, *, batch_size: int,
     within and across buckets), so short texts stop paying for long ones; it changes
     the order, so use it for training only. `"static"` keeps every batch at
     `preprocessor.seq_length` (TPUs need fixed shapes). `batch_rows` keeps only those
-    rows of each batch (one worker's share of a global batch); without length buckets
-    they are cut before tokenisation, so the other rows are never tokenised.
+    rows of each batch (one worker's share of a global batch); a data set too large to
+    tokenise once is then tokenised only for those rows (without length buckets).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise bad_argument("batch_size", batch_size, "an int >= 1")
     if padding not in PADDINGS:
         raise bad_argument("padding", padding, f"one of {', '.join(PADDINGS)}")
-    columns = [tf.constant(examples.texts, tf.string)]
-    if examples.is_pair:
-        columns.append(tf.constant(examples.texts_pair, tf.string))
     has_labels = with_labels and examples.labels is not None
-    if has_labels:
-        columns.append(tf.constant(examples.labels, tf.int32))
-    dataset = tf.data.Dataset.from_tensor_slices(tuple(columns))
-    if shuffle:
-        dataset = dataset.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
     pair = examples.is_pair
 
     def encode(*batch):
@@ -244,9 +239,21 @@ def make_dataset(examples: Examples, preprocessor, *, batch_size: int,
     def trim(*batch):
         return (trim_to_longest(batch[0]), batch[1]) if has_labels else trim_to_longest(batch[0])
 
+    columns = [tf.constant(examples.texts, tf.string)]
+    if pair:
+        columns.append(tf.constant(examples.texts_pair, tf.string))
+    if has_labels:
+        columns.append(tf.constant(examples.labels, tf.int32))
+    dataset = tf.data.Dataset.from_tensor_slices(tuple(columns))
+    cached = 0 < len(examples) and len(examples) * preprocessor.seq_length <= CACHE_MAX_TOKENS
+    if cached:  # tokenise once; every epoch reuses the ids (same order as streaming)
+        dataset = tf.data.Dataset.from_tensor_slices(_tokenize_all(dataset, encode))
+    if shuffle:
+        dataset = dataset.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
     if padding == "bucketed":
-        # Tokenise in large vectorised batches, then regroup by length.
-        dataset = dataset.batch(256).map(encode, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+        if not cached:  # tokenise in large vectorised batches, then regroup by length
+            dataset = dataset.batch(256).map(encode, num_parallel_calls=tf.data.AUTOTUNE)
+            dataset = dataset.unbatch()
         boundaries = _bucket_boundaries(preprocessor.seq_length)
         dataset = dataset.bucket_by_sequence_length(
             lambda *ex: tf.reduce_sum(ex[0]["input_mask"]), boundaries,
@@ -260,10 +267,18 @@ def make_dataset(examples: Examples, preprocessor, *, batch_size: int,
         dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
         if batch_rows is not None:
             dataset = dataset.map(_take_rows(batch_rows))
-        dataset = dataset.map(encode, num_parallel_calls=tf.data.AUTOTUNE)
+        if not cached:
+            dataset = dataset.map(encode, num_parallel_calls=tf.data.AUTOTUNE)
         if padding == "dynamic":
             dataset = dataset.map(trim, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _tokenize_all(dataset: tf.data.Dataset, encode):
+    """Every example's ids as arrays (padded to seq_length), tokenised in large batches."""
+    parts = list(dataset.batch(2048).map(encode, num_parallel_calls=tf.data.AUTOTUNE)
+                 .as_numpy_iterator())
+    return tf.nest.map_structure(lambda *xs: np.concatenate(xs), *parts)
 
 
 def _take_rows(rows: slice):

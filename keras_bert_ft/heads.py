@@ -53,5 +53,5 @@ def _init():
 
 
 def logits_layer(units: int, name: str = "logits"):
-    # float32 even under a mixed-precision policy: a stable softmax and loss.
+    # float32 even under a mixed-precision policy: softmax and loss need the range.
     return keras.layers.Dense(units, name=name, kernel_initializer=_init(), dtype="float32")

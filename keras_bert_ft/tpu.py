@@ -10,21 +10,18 @@ tfhub.dev handles straight from Cloud Storage with `TFHUB_MODEL_LOAD_FORMAT=UNCO
 and a remote TPU writes its checkpoints to `gs://`.
 """
 
-import contextlib
 import dataclasses
 import logging
 import os
 
 import tensorflow as tf
 
-from keras_bert_ft._keras import keras
 from keras_bert_ft import presets
 from keras_bert_ft.errors import KbftError, bad_argument
 from keras_bert_ft.strategy import is_tpu
 
 logger = logging.getLogger("keras_bert_ft")
 
-PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 # One host round trip per 32 TPU steps instead of per step; Keras' TPU guides use 32-100.
 TPU_STEPS_PER_EXECUTION = 32
 LOCAL_IO_DEVICE = "/job:localhost"
@@ -34,21 +31,19 @@ _HUB_HOSTS = ("https://tfhub.dev/", "https://www.kaggle.com/models/", "https://k
 def resolve_hardware_settings(config, strategy):
     """`config` with its hardware-dependent settings resolved for `strategy`.
 
-    Everywhere: `precision="auto"` is float32 and `steps_per_execution=0` is 1. On a TPU:
-    `padding` must be `auto` or `static` (and becomes `static`), the batch must split
-    evenly across the cores, `precision="auto"` is `mixed_bfloat16`, `mixed_float16` is
-    refused, `steps_per_execution=0` is 32, and a TPU reached over the network needs a
-    `gs://` `output_dir`.
+    Everywhere: unset `mixed_precision` is float32 and unset `steps_per_execution` is 1.
+    On a TPU: `padding` must be `auto` or `static` (and becomes `static`), the batch must
+    split evenly across the cores, unset `mixed_precision` is `mixed_bfloat16`,
+    `mixed_float16` is refused, unset `steps_per_execution` is 32, and a TPU reached over
+    the network needs a `gs://` `output_dir`.
     """
     on_tpu = is_tpu(strategy)
-    precision = config.precision
-    if precision == "auto":
-        precision = "mixed_bfloat16" if on_tpu else "float32"
+    precision = config.mixed_precision or ("mixed_bfloat16" if on_tpu else "float32")
     steps = config.steps_per_execution or (TPU_STEPS_PER_EXECUTION if on_tpu else 1)
     if not on_tpu:
-        return dataclasses.replace(config, precision=precision, steps_per_execution=steps)
+        return dataclasses.replace(config, mixed_precision=precision, steps_per_execution=steps)
     if precision == "mixed_float16":
-        raise bad_argument("precision", precision, "float32 or mixed_bfloat16 on a TPU "
+        raise bad_argument("mixed_precision", precision, "float32 or mixed_bfloat16 on a TPU "
                            "(TPUs compute in bfloat16; float16 is for GPUs)")
     if config.padding not in ("auto", "static"):
         raise bad_argument("padding", config.padding, "'static' or 'auto' on a TPU (XLA "
@@ -63,7 +58,7 @@ def resolve_hardware_settings(config, strategy):
         raise bad_argument("output_dir", output, "a gs:// path on a TPU reached over the "
                            "network: its workers write the checkpoints and cannot reach "
                            "this VM's disk (\"File system scheme '[local]' not implemented\")")
-    return dataclasses.replace(config, padding="static", precision=precision,
+    return dataclasses.replace(config, padding="static", mixed_precision=precision,
                                steps_per_execution=steps)
 
 
@@ -99,23 +94,6 @@ def encoder_load_kwargs(handle: str, strategy) -> dict:
     logger.info("keras_bert_ft: reading encoder %s on this host (experimental_io_device=%s); "
                 "a gs:// copy is read by the TPU workers directly", target, LOCAL_IO_DEVICE)
     return {"load_options": tf.saved_model.LoadOptions(experimental_io_device=LOCAL_IO_DEVICE)}
-
-
-@contextlib.contextmanager
-def precision_policy(name: str):
-    """Builds the layers made inside under Keras mixed-precision policy `name`.
-
-    The encoder's own dtype is fixed inside its SavedModel (hub #466), so the policy
-    reaches the head; the logits layer stays float32 for a stable softmax/loss.
-    """
-    if name not in PRECISIONS[1:]:
-        raise bad_argument("precision", name, f"one of {', '.join(PRECISIONS)}")
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(name)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 def static_int32_batch(batch_size: int, seq_length: int):

@@ -3,7 +3,7 @@ built per worker where several workers or a TPU feed the replicas.
 
 Each epoch yields the same number of batches, so the batches of all epochs form one
 repeated stream and `fit` runs `steps_per_epoch` steps per epoch. The stream is exactly
-the sequence of batches a fresh `make_dataset(shuffle=True)` gives epoch after epoch;
+the sequence of batches `fit` trains on when given `make_dataset(shuffle=True)` itself;
 a resumed run skips the batches it already trained on and continues in the same order.
 
 Under `MultiWorkerMirroredStrategy` and `TPUStrategy` each worker builds its own
@@ -77,6 +77,10 @@ def training_input(examples, preprocessor, strategy, *, batch_size: int, seed: i
         dataset = data_lib.make_dataset(
             examples, preprocessor, batch_size=batch_size, shuffle=True, seed=seed,
             padding=padding, drop_remainder=drop_remainder, batch_rows=batch_rows)
+        # `fit` on a finite dataset opens one iterator it never reads before the first
+        # epoch (tf_keras DataHandler.enumerate_epochs), so epoch e trains on the shuffle's
+        # (e+1)-th order. Opening that unread iterator here keeps exactly those batches.
+        iter(dataset)
         return dataset.repeat().skip(start_step)
 
     if not (strategy_lib.is_multiworker(strategy) or strategy_lib.is_tpu(strategy)):

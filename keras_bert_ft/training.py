@@ -4,6 +4,7 @@ Reads the data, picks the strategy, builds encoder + head under its scope, compi
 AdamW + warmup, runs plain `model.fit`, and computes the task metrics on validation.
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -25,6 +26,7 @@ from keras_bert_ft.errors import KbftError, bad_argument
 from keras_bert_ft.export import ServingModule, export_saved_model
 from keras_bert_ft.metrics import classification_metrics
 from keras_bert_ft.models import build_classifier
+from keras_bert_ft.native_encoder import IMPLS, NativeEncoder, make_encoder
 from keras_bert_ft.optimization import create_optimizer
 from keras_bert_ft.preprocessing import Preprocessor, check_seq_length
 from keras_bert_ft.fault_tolerance import RunBackup, StopOnNonFiniteLoss, fingerprint
@@ -32,6 +34,8 @@ from keras_bert_ft.strategy import ensure_strategy, is_chief
 from keras_bert_ft.train_input import epoch_batches, training_input
 
 logger = logging.getLogger("keras_bert_ft")
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 def _field(default, help: str):
@@ -50,7 +54,9 @@ class FineTuneConfig:
     label_column: str = _field("label", "column holding the label")
     epochs: int = _field(3, "passes over the training data")
     batch_size: int = _field(32, "global batch size (split across replicas)")
-    learning_rate: float = _field(5e-5, "peak learning rate after warmup")
+    learning_rate: Optional[float] = _field(
+        None, "peak learning rate after warmup; default: the preset's (1e-4 for minilm-l6), "
+              "else 5e-5")
     warmup_ratio: float = _field(0.1, "fraction of steps with linear warmup")
     weight_decay: float = _field(0.01, "decoupled weight decay (not on LayerNorm/bias)")
     trainable_layers: TrainableSpec = _field("all", '"all", "none", top k, or a list of layer indices')
@@ -62,7 +68,18 @@ class FineTuneConfig:
     dropout: float = _field(0.1, "dropout of the head")
     pooling: Optional[str] = _field(
         None, "pooled, cls or mean; default: the preset's (mean for minilm-l6), else pooled")
+    encoder_impl: str = _field(
+        "auto", "native (rebuild a recognised BERT encoder as Keras layers: mixed precision "
+                "reaches it), hub (run the restored SavedModel graph), or auto (native "
+                "when recognised)")
     strategy: str = _field("auto", "auto, cpu, gpu, mirrored, tpu or multiworker (TF_CONFIG)")
+    mixed_precision: Optional[str] = _field(
+        None, "mixed_bfloat16 (TPU, recent CPUs) or mixed_float16 (GPU, with loss scaling); "
+              "reaches the encoder's matmuls on the native path only (see encoder_impl); "
+              "default: mixed_bfloat16 on a TPU, else float32")
+    jit_compile: bool = _field(False, "compile the train step with XLA")
+    steps_per_execution: Optional[int] = _field(
+        None, "train steps per tf.function call; default: 32 on a TPU, else 1")
     seed: int = _field(0, "random seed for initialisation, dropout and shuffling")
     max_train_examples: Optional[int] = _field(None, "use only the first N training examples")
     max_eval_examples: Optional[int] = _field(None, "use only the first N validation examples")
@@ -76,35 +93,39 @@ class FineTuneConfig:
                                "same command again resumes from the last one (0: no backups)")
     tpu_address: str = _field("", 'TPU to use: "" finds Colab\'s or $TPU_NAME, "local" is a '
                               "Cloud TPU VM's own, else a TPU name or grpc:// address")
-    precision: str = _field("auto", "auto (mixed_bfloat16 on TPU, else float32), float32, "
-                            "mixed_bfloat16 or mixed_float16 (GPU)")
-    steps_per_execution: int = _field(0, "train steps per host round trip (0: 32 on TPU, else 1)")
 
     def validate(self) -> "FineTuneConfig":
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "steps_per_execution"):
             value = getattr(self, name)
+            if value is None and name == "steps_per_execution":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad_argument(name, value, "an int >= 1")
         check_seq_length(self.seq_length)
-        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
+        if self.learning_rate is not None and not (
+                isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
             raise bad_argument("learning_rate", self.learning_rate, "a float > 0")
+        if self.encoder_impl not in IMPLS:
+            raise bad_argument("encoder_impl", self.encoder_impl, f"one of {', '.join(IMPLS)}")
+        if self.mixed_precision not in (None, *PRECISIONS):
+            raise bad_argument("mixed_precision", self.mixed_precision,
+                               f"None or one of {', '.join(PRECISIONS)}")
         if self.padding not in ("auto", *data_lib.PADDINGS):
             raise bad_argument("padding", self.padding,
                                f"one of auto, {', '.join(data_lib.PADDINGS)}")
-        for name in ("backup_steps", "steps_per_execution"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise bad_argument(name, value, "an int >= 0")
-        if self.precision not in tpu.PRECISIONS:
-            raise bad_argument("precision", self.precision, f"one of {', '.join(tpu.PRECISIONS)}")
+        value = self.backup_steps
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise bad_argument("backup_steps", value, "an int >= 0")
         return self
 
 
 class ThroughputCallback(keras.callbacks.Callback):
-    """Training examples per second, the first (tracing) batch of each fit excluded.
+    """Training examples per second, wall clock, the first execution of each epoch excluded.
 
-    Counts real examples, not `batches x batch_size`: length buckets emit partial
-    batches at the end of each epoch.
+    Time runs from the end of each epoch's first execution (tracing, pipeline warm-up) to
+    the end of its last, so input-pipeline waits count, as they do for the user. Counts
+    real examples, not `steps x batch_size`: length buckets emit partial batches at the
+    end of each epoch. Works with `steps_per_execution` (Keras reports the last step).
     """
 
     def __init__(self, batch_size: int, examples_per_epoch: Optional[int] = None):
@@ -113,29 +134,30 @@ class ThroughputCallback(keras.callbacks.Callback):
         self.examples_per_epoch = examples_per_epoch
         self.seconds = 0.0
         self.batches = 0
-        self.epochs = 0
-        self._start = None
-        self._first = True
+        self.examples = 0
+        self._first = self._last = None
 
-    def on_train_batch_begin(self, batch, logs=None):
-        self._start = time.perf_counter()
+    def on_epoch_begin(self, epoch, logs=None):
+        self._first = self._last = None
 
     def on_train_batch_end(self, batch, logs=None):
-        if self._first:
-            self._first = False
-            return
-        self.seconds += time.perf_counter() - self._start
-        self.batches += 1
+        mark = (time.perf_counter(), int(batch))
+        if self._first is None:
+            self._first = mark
+        else:
+            self._last = mark
 
     def on_epoch_end(self, epoch, logs=None):
-        self.epochs += 1
-
-    @property
-    def examples(self) -> int:
-        counted = self.batches * self.batch_size
-        if self.examples_per_epoch and self.epochs:
-            counted = min(counted, self.epochs * self.examples_per_epoch - self.batch_size)
-        return counted
+        if self._last is None:
+            return
+        steps = self._last[1] - self._first[1]
+        examples = steps * self.batch_size
+        if self.examples_per_epoch:
+            untimed = (self._first[1] + 1) * self.batch_size
+            examples = min(examples, max(self.examples_per_epoch - untimed, 0))
+        self.seconds += self._last[0] - self._first[0]
+        self.batches += steps
+        self.examples += examples
 
     @property
     def examples_per_second(self) -> float:
@@ -183,6 +205,14 @@ def resolve_padding(padding: str, strategy) -> str:
     return "static" if isinstance(strategy, tf.distribute.TPUStrategy) else "bucketed"
 
 
+def resolve_learning_rate(config: "FineTuneConfig") -> float:
+    """The configured rate, else the encoder preset's, else BERT's usual 5e-5."""
+    if config.learning_rate is not None:
+        return float(config.learning_rate)
+    preset = presets.get_preset(config.encoder)
+    return preset.learning_rate if preset is not None and preset.learning_rate else 5e-5
+
+
 def resolve_pooling(config: "FineTuneConfig") -> str:
     """The configured pooling, else the encoder preset's, else BERT's pooled output."""
     if config.pooling:
@@ -197,16 +227,24 @@ def default_preprocessor(encoder: HubEncoder, config: FineTuneConfig) -> Preproc
     if config.preprocessor:
         return Preprocessor.from_handle(config.preprocessor, lower_case=config.lower_case,
                                         seq_length=config.seq_length)
-    root = encoder.resolved_object
-    vocab = getattr(root, "vocab_file", None)
+    vocab, lower = encoder_vocab(encoder)
     if vocab is None and presets.get_preset(config.encoder) is not None:
         return Preprocessor.from_hub(config.encoder, seq_length=config.seq_length)
     if vocab is None:
         raise bad_argument("preprocessor", None, "a vocab.txt or preprocessor handle (the "
                            f"encoder {config.encoder!r} carries no vocab_file)")
-    lower = bool(root.do_lower_case.numpy()) if hasattr(root, "do_lower_case") else config.lower_case
-    return Preprocessor.from_vocab(vocab.asset_path.numpy().decode(), lower_case=lower,
+    return Preprocessor.from_vocab(vocab, lower_case=config.lower_case if lower is None else lower,
                                    seq_length=config.seq_length)
+
+
+def encoder_vocab(encoder):
+    """(vocab.txt path or None, do_lower_case or None) from the encoder's SavedModel assets."""
+    if isinstance(encoder, NativeEncoder):
+        return encoder.vocab_path, encoder.do_lower_case
+    root = encoder.resolved_object
+    vocab = getattr(root, "vocab_file", None)
+    lower = bool(root.do_lower_case.numpy()) if hasattr(root, "do_lower_case") else None
+    return (vocab.asset_path.numpy().decode() if vocab is not None else None), lower
 
 
 def _as_examples(source, config, label_names=None):
@@ -263,21 +301,22 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
     config = tpu.resolve_hardware_settings(config, strategy)
     num_classes = len(train_ex.label_names)
     steps_per_epoch = math.ceil(len(train_ex) / config.batch_size)
-    with strategy.scope():
-        encoder = HubEncoder(config.encoder, trainable_layers=config.trainable_layers,
-                             train_embeddings=config.train_embeddings,
-                             **tpu.encoder_load_kwargs(config.encoder, strategy))
+    with strategy.scope(), precision_policy(config.mixed_precision):
+        encoder = make_encoder(config.encoder, config.encoder_impl,
+                               trainable_layers=config.trainable_layers,
+                               train_embeddings=config.train_embeddings,
+                               **tpu.encoder_load_kwargs(config.encoder, strategy))
         check_seq_length(config.seq_length, encoder.max_seq_length)
-        with tpu.precision_policy(config.precision):
-            model = build_classifier(encoder, num_classes, head_units=tuple(config.head_units),
-                                     dropout=config.dropout, pooling=resolve_pooling(config))
-        optimizer = create_optimizer(config.learning_rate,
+        model = build_classifier(encoder, num_classes, head_units=tuple(config.head_units),
+                                 dropout=config.dropout, pooling=resolve_pooling(config))
+        optimizer = create_optimizer(resolve_learning_rate(config),
                                      total_steps=steps_per_epoch * config.epochs,
                                      warmup_ratio=config.warmup_ratio,
                                      weight_decay=config.weight_decay)
         model.compile(optimizer=optimizer,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                      jit_compile=config.jit_compile,
                       steps_per_execution=config.steps_per_execution)
     if tpu.is_tpu(strategy):
         tpu.check_host_tokenisation(model)
@@ -322,6 +361,21 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
                           label_names=train_ex.label_names, pair=train_ex.is_pair,
                           config=config, history=_plain_history(history),
                           metrics=metrics, strategy=strategy)
+
+
+@contextlib.contextmanager
+def precision_policy(name: Optional[str]):
+    """Builds layers under a Keras mixed-precision policy, then restores the previous one.
+
+    Layers keep the policy they were built with; `compile` wraps the optimizer in loss
+    scaling under `mixed_float16`. The logits layer always computes in float32.
+    """
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name or "float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def _output_callbacks(output_dir: Optional[str]):
@@ -412,9 +466,13 @@ def export_from_run(run_dir: str, export_dir: str, checkpoint: Optional[str] = N
     if checkpoint is None:
         raise bad_argument("checkpoint", checkpoint,
                            f"a checkpoint prefix (none found under {run_dir}/checkpoints)")
-    encoder = HubEncoder(config.encoder)
-    model = build_classifier(encoder, len(label_names), head_units=tuple(config.head_units),
-                             dropout=config.dropout, pooling=resolve_pooling(config))
+    # Runs saved before `encoder_impl` existed trained the restored SavedModel graph.
+    impl = saved.get("encoder_impl", "hub")
+    with precision_policy(config.mixed_precision):
+        encoder = make_encoder(config.encoder, impl)
+        model = build_classifier(encoder, len(label_names),
+                                 head_units=tuple(config.head_units),
+                                 dropout=config.dropout, pooling=resolve_pooling(config))
     model.load_weights(checkpoint).expect_partial()
     preprocessor = default_preprocessor(encoder, config)
     return export_saved_model(model, preprocessor, export_dir, label_names, pair=pair,

@@ -81,14 +81,15 @@ def test_cli_flags_for_scale_out_and_resume():
     from keras_bert_ft import cli
     args = cli.build_parser().parse_args(
         ["train", "--train", "t.tsv", "--output", "out", "--deterministic", "--backup-steps", "7",
-         "--strategy", "multiworker", "--tpu-address", "local", "--precision", "mixed_bfloat16",
+         "--strategy", "multiworker", "--tpu-address", "local", "--mixed-precision", "mixed_bfloat16",
          "--steps-per-execution", "16"])
     config = cli._config_from_args(args)
     assert (config.deterministic, config.backup_steps, config.strategy, config.tpu_address,
-            config.precision, config.steps_per_execution) == (
+            config.mixed_precision, config.steps_per_execution) == (
         True, 7, "multiworker", "local", "mixed_bfloat16", 16)
     defaults = cli._config_from_args(cli.build_parser().parse_args(["train", "--train", "t"]))
-    assert defaults.deterministic is False and defaults.backup_steps == 500
+    assert (defaults.deterministic, defaults.backup_steps, defaults.steps_per_execution) == (
+        False, 500, None)
     with pytest.raises(KbftError, match="Received: backup_steps=-1"):
         kbft.FineTuneConfig(backup_steps=-1).validate()
 

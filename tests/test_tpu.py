@@ -13,7 +13,9 @@ import keras_bert_ft as kbft
 from keras_bert_ft import strategy as strategy_lib, tpu
 from keras_bert_ft._keras import keras
 from keras_bert_ft.errors import KbftError
+from keras_bert_ft.native_encoder import make_encoder
 from keras_bert_ft.train_input import training_input
+from keras_bert_ft.training import precision_policy
 
 from conftest import sentiment_rows
 
@@ -83,19 +85,20 @@ def test_unnamed_tpu_falls_back_to_the_vms_own(monkeypatch):
 def test_tpu_defaults_static_bfloat16_steps_per_execution():
     strategy = FakeTPUStrategy(fake_resolver(""))
     config = tpu.resolve_hardware_settings(kbft.FineTuneConfig(batch_size=64), strategy)
-    assert (config.padding, config.precision, config.steps_per_execution) == \
+    assert (config.padding, config.mixed_precision, config.steps_per_execution) == \
         ("static", "mixed_bfloat16", tpu.TPU_STEPS_PER_EXECUTION)
     cpu = tpu.resolve_hardware_settings(kbft.FineTuneConfig(), tf.distribute.get_strategy())
-    assert (cpu.padding, cpu.precision, cpu.steps_per_execution) == ("auto", "float32", 1)
+    assert (cpu.padding, cpu.mixed_precision, cpu.steps_per_execution) == ("auto", "float32", 1)
     mine = tpu.resolve_hardware_settings(
-        kbft.FineTuneConfig(batch_size=64, precision="float32", steps_per_execution=4), strategy)
-    assert (mine.precision, mine.steps_per_execution) == ("float32", 4)
+        kbft.FineTuneConfig(batch_size=64, mixed_precision="float32", steps_per_execution=4),
+        strategy)
+    assert (mine.mixed_precision, mine.steps_per_execution) == ("float32", 4)
 
 
 @pytest.mark.parametrize("overrides, message", [
     ({"padding": "bucketed"}, "padding must be 'static' or 'auto' on a TPU.*Received: padding='bucketed'"),
     ({"batch_size": 60}, "multiple of the 8 TPU cores.*Received: batch_size=60"),
-    ({"precision": "mixed_float16"}, "float32 or mixed_bfloat16 on a TPU"),
+    ({"mixed_precision": "mixed_float16"}, "float32 or mixed_bfloat16 on a TPU"),
     ({"output_dir": "/content/run"}, r"gs:// path on a TPU reached over the network.*'\[local\]'"),
 ])
 def test_errors_what_a_tpu_cannot_run(overrides, message):
@@ -123,9 +126,9 @@ def test_encoder_handles_readable_on_a_tpu(encoder2, monkeypatch):
     hub_url = "https://tfhub.dev/tensorflow/bert_en_uncased_L-12_H-768_A-12/4"
     assert "load_options" in tpu.encoder_load_kwargs(hub_url, strategy)
     assert os.environ["TFHUB_MODEL_LOAD_FORMAT"] == "UNCOMPRESSED"
-    # The options reach hub.KerasLayer: the encoder loads through this host's job.
-    encoder = kbft.HubEncoder(encoder2, **local)
-    assert encoder.num_layers == 2
+    # The options reach both encoder paths: they load through this host's job.
+    assert make_encoder(encoder2, "hub", **local).num_layers == 2
+    assert make_encoder(encoder2, "native", **local).num_layers == 2
 
 
 def test_tpu_batches_are_static_int32_per_replica(vocab_file):
@@ -178,16 +181,16 @@ def test_host_tokenisation_rule(encoder2):
     tpu.check_host_tokenisation(kbft.build_classifier(encoder2, 2))  # int32 ids: fine
 
 
-def test_mixed_bfloat16_reaches_the_head_and_logits_stay_float32(encoder2):
-    encoder = kbft.HubEncoder(encoder2)
-    with tpu.precision_policy("mixed_bfloat16"):
-        model = kbft.build_classifier(encoder, 2, head_units=(8,))
+def test_mixed_bfloat16_on_a_tpu_reaches_the_encoder_and_logits_stay_float32(encoder2):
+    """The TPU default policy, applied as fine_tune applies it (native encoder path)."""
+    config = tpu.resolve_hardware_settings(kbft.FineTuneConfig(batch_size=64, encoder=encoder2),
+                                           FakeTPUStrategy(fake_resolver("")))
+    with precision_policy(config.mixed_precision):
+        model = kbft.build_classifier(make_encoder(encoder2), 2, head_units=(8,))
     assert keras.mixed_precision.global_policy().name == "float32"  # restored
     assert model.get_layer("head_dense_0").compute_dtype == "bfloat16"
+    assert model.get_layer("encoder").compute_dtype == "bfloat16"
     assert model.get_layer("logits").compute_dtype == "float32"
-    features = {k: tf.constant([[2, 5, 3, 0]]) for k in ("input_word_ids",)}
-    features.update(input_mask=tf.constant([[1, 1, 1, 0]]), input_type_ids=tf.zeros([1, 4], tf.int32))
+    features = {"input_word_ids": tf.constant([[2, 5, 3, 0]]),
+                "input_mask": tf.constant([[1, 1, 1, 0]]), "input_type_ids": tf.zeros([1, 4], tf.int32)}
     assert model(features).dtype == tf.float32
-    with pytest.raises(KbftError, match="Received: precision='float8'"):
-        with tpu.precision_policy("float8"):
-            pass

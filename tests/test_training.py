@@ -88,13 +88,23 @@ def test_public_api_names_import():
 def test_throughput_counts_real_examples_not_padded_batches():
     from keras_bert_ft.training import ThroughputCallback
     timer = ThroughputCallback(batch_size=32, examples_per_epoch=100)
-    for _ in range(6):  # 100 examples in length buckets: 6 batches, some partial
-        timer.on_train_batch_begin(0)
-        timer.on_train_batch_end(0)
+    timer.on_epoch_begin(0)
+    for step in range(6):  # 100 examples in length buckets: 6 batches, some partial
+        timer.on_train_batch_end(step)
     timer.on_epoch_end(0)
     assert timer.batches == 5  # the first (tracing) batch is not timed
     assert timer.examples == 100 - 32
     assert timer.examples_per_second > 0
+
+
+def test_throughput_with_steps_per_execution_counts_steps_not_callbacks():
+    from keras_bert_ft.training import ThroughputCallback
+    timer = ThroughputCallback(batch_size=8, examples_per_epoch=1000)
+    timer.on_epoch_begin(0)
+    for last_step in (3, 7, 11):  # steps_per_execution=4: Keras reports each last step
+        timer.on_train_batch_end(last_step)
+    timer.on_epoch_end(0)
+    assert timer.batches == 8 and timer.examples == 64
 
 
 def test_auto_padding_is_static_on_tpu_and_bucketed_elsewhere():
@@ -106,3 +116,23 @@ def test_auto_padding_is_static_on_tpu_and_bucketed_elsewhere():
     assert resolve_padding("dynamic", tpu) == "dynamic"
     with pytest.raises(KbftError, match="Received: padding='ragged'"):
         kbft.FineTuneConfig(padding="ragged").validate()
+
+
+def test_speed_options_xla_steps_per_execution_and_mixed_bfloat16(encoder2):
+    res = kbft.fine_tune(sentiment_rows(32), sentiment_rows(8, seed=5), encoder=encoder2,
+                         epochs=1, batch_size=8, learning_rate=1e-3, seq_length=16,
+                         padding="static", jit_compile=True, steps_per_execution=2,
+                         mixed_precision="mixed_bfloat16", verbose=0)
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored after build
+    dense = res.model.get_layer("logits")
+    assert dense.compute_dtype == "float32"
+    assert res.model.get_layer("head_dropout").dtype_policy.name == "mixed_bfloat16"
+    assert res.predict(["great fun"]).dtype == np.float32
+    assert res.metrics["train_examples_per_second"] > 0
+
+
+def test_errors_bad_precision_and_steps_per_execution(encoder2):
+    with pytest.raises(KbftError, match="Received: mixed_precision='float16'"):
+        kbft.fine_tune(sentiment_rows(8), encoder=encoder2, mixed_precision="float16")
+    with pytest.raises(KbftError, match="Received: steps_per_execution=0"):
+        kbft.fine_tune(sentiment_rows(8), encoder=encoder2, steps_per_execution=0)

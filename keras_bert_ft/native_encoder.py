@@ -1,0 +1,204 @@
+"""NativeEncoder: a recognised TF-Hub BERT encoder rebuilt as ordinary Keras layers.
+
+A `hub.KerasLayer` runs the SavedModel's restored graph: its dtype was fixed at export, so
+a mixed-precision policy cannot reach its matmuls (tensorflow/hub #466, #790). When the
+SavedModel is a BERT encoder of tf-models-official's layout (every TF-Hub BERT, Small
+BERT and everything `kbft convert` writes), NativeEncoder builds the same network with
+`official.nlp.modeling.networks.BertEncoder` under the current Keras policy, copies the
+SavedModel's variables into it by name, and checks that both give the same outputs. It
+keeps HubEncoder's interface and per-layer trainability (the same variable groups).
+Encoders it does not recognise stay on the restored path (`make_encoder(impl="auto")`).
+"""
+
+import collections
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from keras_bert_ft._keras import keras
+from keras_bert_ft import presets
+from keras_bert_ft.encoder import (HubEncoder, TrainableSpec, _load_error,
+                                   check_local_handle, group_variables)
+from keras_bert_ft.errors import KbftError, bad_argument
+
+import tensorflow_hub as hub  # noqa: E402
+
+IMPLS = ("auto", "native", "hub")
+# Activations BERT encoders are exported with; the one whose outputs match is kept.
+_ACTIVATIONS = ("exact_gelu", "tanh_gelu", "relu")
+
+
+class NotRecognised(KbftError):
+    """The SavedModel is not a BERT encoder NativeEncoder can rebuild."""
+
+
+class NativeEncoder(keras.layers.Layer):
+    """A BERT encoder from a TF-Hub SavedModel, rebuilt natively; HubEncoder's interface.
+
+    Args: as `HubEncoder` (handle, trainable_layers, train_embeddings, train_pooler).
+    Raises `NotRecognised` when the SavedModel's variables are not tf-models' BERT layout.
+
+    Example:
+        >>> keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        >>> encoder = NativeEncoder("minilm-l6", trainable_layers=2)  # bf16 matmuls
+    """
+
+    def __init__(self, handle: str, *, trainable_layers: TrainableSpec = "all",
+                 train_embeddings: Optional[bool] = None, train_pooler: bool = True,
+                 name: str = "encoder", load_options=None, **kwargs):
+        if not isinstance(handle, str) or not handle:
+            raise bad_argument("handle", handle,
+                               "a preset name, URL, local folder or gs:// path")
+        super().__init__(name=name, **kwargs)
+        self._requested_handle = handle
+        self._layer_pattern = None
+        resolved = presets.resolve_encoder(handle)
+        check_local_handle(resolved)
+        try:
+            restored = hub.load(resolved, options=load_options)  # TPU: read on this host
+        except Exception as err:  # the hub resolver / loader raise many kinds
+            raise _load_error(handle, resolved, err) from err
+        self.vocab_path, self.do_lower_case = _vocab_info(restored)
+        self.bert, self.activation = _rebuild(restored)
+        self._groups = group_variables(self.bert.weights)
+        self._trainable_groups = set()
+        self.set_trainable_layers(trainable_layers, train_embeddings=train_embeddings,
+                                  train_pooler=train_pooler)
+
+    def call(self, inputs, training=None):
+        return self.bert(inputs, training=training)
+
+    # The same groups, reports and trainability rules as HubEncoder.
+    handle = HubEncoder.handle
+    num_layers = HubEncoder.num_layers
+    max_seq_length = HubEncoder.max_seq_length
+    layer_groups = HubEncoder.layer_groups
+    set_trainable_layers = HubEncoder.set_trainable_layers
+    trainable_groups = HubEncoder.trainable_groups
+    trainable_weights = HubEncoder.trainable_weights
+    trainable_report = HubEncoder.trainable_report
+    report_rows = HubEncoder.report_rows
+    _require_layers = HubEncoder._require_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self._groups["embeddings"][0].shape[-1])
+
+    @property
+    def non_trainable_weights(self):
+        chosen = {id(v) for v in self.trainable_weights}
+        return [v for v in self.bert.weights if id(v) not in chosen]
+
+
+def make_encoder(handle: str, impl: str = "auto", **kwargs):
+    """A NativeEncoder when `impl` is "native", or "auto" and the encoder is recognised;
+    else a HubEncoder (the restored SavedModel graph)."""
+    if impl not in IMPLS:
+        raise bad_argument("encoder_impl", impl, f"one of {', '.join(IMPLS)}")
+    if impl == "hub":
+        return HubEncoder(handle, **kwargs)
+    try:
+        return NativeEncoder(handle, **{k: v for k, v in kwargs.items()
+                                        if k != "layer_pattern"})
+    except NotRecognised:
+        if impl == "native":
+            raise
+        return HubEncoder(handle, **kwargs)
+
+
+def _vocab_info(restored):
+    vocab = getattr(restored, "vocab_file", None)
+    path = vocab.asset_path.numpy().decode() if vocab is not None else None
+    lower = bool(restored.do_lower_case.numpy()) if hasattr(restored, "do_lower_case") else None
+    return path, lower
+
+
+def _rebuild(restored):
+    """(BertEncoder holding the restored weights, activation name) or NotRecognised."""
+    values = collections.OrderedDict(
+        (v.name.split(":")[0], v) for v in restored.trainable_variables)
+    dims = _dims(values)
+    probe = _probe_inputs(dims)
+    expected = restored(probe, training=False)["sequence_output"].numpy()
+    for activation in _ACTIVATIONS:
+        bert = _bert_encoder(dims, activation)
+        _assign(bert, values)
+        got = bert(probe, training=False)["sequence_output"]
+        if np.allclose(tf.cast(got, tf.float32).numpy(), expected,
+                       atol=_tolerance(), rtol=0):
+            return bert, activation
+    raise NotRecognised("the rebuilt BERT encoder's outputs differ from the SavedModel's "
+                        f"for every activation in {_ACTIVATIONS}")
+
+
+def _dims(values) -> dict:
+    def shape(name):
+        if name not in values:
+            raise NotRecognised(f"no variable {name!r}")
+        return tuple(values[name].shape)
+
+    vocab_size, width = shape("word_embeddings/embeddings")
+    hidden, num_heads, head_size = shape("transformer/layer_0/self_attention/query/kernel")
+    if width != hidden or num_heads * head_size != hidden:
+        raise NotRecognised("embedding width differs from the hidden size")
+    num_layers = 0
+    while f"transformer/layer_{num_layers}/self_attention/query/kernel" in values:
+        num_layers += 1
+    return {"vocab_size": vocab_size, "hidden_size": hidden, "num_heads": num_heads,
+            "num_layers": num_layers,
+            "intermediate_size": shape("transformer/layer_0/intermediate/kernel")[1],
+            "max_positions": shape("position_embedding/embeddings")[0],
+            "type_vocab_size": shape("type_embeddings/embeddings")[0]}
+
+
+def exact_gelu(x):
+    return keras.activations.gelu(x, approximate=False)
+
+
+def tanh_gelu(x):
+    return keras.activations.gelu(x, approximate=True)
+
+
+def _bert_encoder(dims, activation):
+    """tf-models' BertEncoder; its layers take the current Keras mixed-precision policy."""
+    from official.nlp.modeling import networks
+
+    inner = {"exact_gelu": exact_gelu, "tanh_gelu": tanh_gelu,
+             "relu": keras.activations.relu}[activation]
+    with tf.init_scope():
+        return networks.BertEncoder(
+            vocab_size=dims["vocab_size"], hidden_size=dims["hidden_size"],
+            num_layers=dims["num_layers"], num_attention_heads=dims["num_heads"],
+            inner_dim=dims["intermediate_size"], inner_activation=inner,
+            max_sequence_length=dims["max_positions"],
+            type_vocab_size=dims["type_vocab_size"], output_dropout=0.1,
+            attention_dropout=0.1, dict_outputs=True)
+
+
+def _assign(bert, values) -> None:
+    names = [w.name.split(":")[0] for w in bert.weights]
+    if sorted(names) != sorted(values):
+        missing = sorted(set(values) - set(names))[:3]
+        extra = sorted(set(names) - set(values))[:3]
+        raise NotRecognised(f"variables differ (SavedModel only: {missing}; "
+                            f"rebuilt only: {extra})")
+    for weight, name in zip(bert.weights, names):
+        if tuple(weight.shape) != tuple(values[name].shape):
+            raise NotRecognised(f"{name}: shape {tuple(values[name].shape)} vs "
+                                f"{tuple(weight.shape)}")
+        weight.assign(values[name])
+
+
+def _probe_inputs(dims):
+    length = min(8, dims["max_positions"])
+    ids = np.arange(2 * length, dtype=np.int32).reshape(2, length) % dims["vocab_size"]
+    mask = np.ones_like(ids)
+    mask[1, length // 2:] = 0
+    return {"input_word_ids": tf.constant(ids), "input_mask": tf.constant(mask),
+            "input_type_ids": tf.constant(np.zeros_like(ids))}
+
+
+def _tolerance() -> float:
+    compute = keras.mixed_precision.global_policy().compute_dtype
+    return 1e-4 if compute == "float32" else 0.15  # bfloat16 keeps 8 bits of mantissa

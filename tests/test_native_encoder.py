@@ -1,0 +1,73 @@
+"""NativeEncoder: the rebuilt encoder equals the SavedModel, keeps per-layer control, takes
+mixed precision; make_encoder falls back to the restored graph for unknown encoders."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_bert_ft._keras import keras
+from keras_bert_ft.encoder import HubEncoder
+from keras_bert_ft.errors import KbftError
+from keras_bert_ft.native_encoder import NativeEncoder, NotRecognised, make_encoder
+
+from test_encoder import unnamed_encoder  # noqa: F401  (a fixture)
+
+
+def _inputs():
+    ids = np.array([[2, 5, 6, 7, 3, 0], [2, 9, 10, 3, 0, 0]], dtype=np.int32)
+    return {"input_word_ids": tf.constant(ids), "input_mask": tf.constant((ids > 0).astype(np.int32)),
+            "input_type_ids": tf.zeros_like(ids)}
+
+
+def test_native_matches_the_savedmodel_and_its_groups(encoder4):
+    hub_encoder, native = HubEncoder(encoder4), NativeEncoder(encoder4)
+    expected, got = hub_encoder(_inputs()), native(_inputs())
+    for key in ("sequence_output", "pooled_output"):
+        np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), atol=1e-5)
+    assert native.activation in ("exact_gelu", "tanh_gelu")
+    assert list(native.layer_groups()) == list(hub_encoder.layer_groups())
+    for group, variables in hub_encoder.layer_groups().items():
+        assert [v.name for v in native.layer_groups()[group]] == [v.name for v in variables]
+    assert native.num_layers == 4 and native.max_seq_length == 32 and native.hidden_size == 32
+    assert native.vocab_path.endswith("vocab.txt") and native.do_lower_case is True
+
+
+def test_native_trains_exactly_the_chosen_layers(encoder4):
+    encoder = NativeEncoder(encoder4, trainable_layers=1, train_pooler=False)
+    inputs = {k: keras.Input((None,), dtype=tf.int32, name=k) for k in _inputs()}
+    logits = keras.layers.Dense(2)(encoder(inputs)["pooled_output"])
+    model = keras.Model(inputs, logits)
+    model.compile(keras.optimizers.SGD(0.5), keras.losses.SparseCategoricalCrossentropy(True))
+    before = {v.name: v.numpy().copy() for v in encoder.weights}
+    model.fit(_inputs(), np.array([0, 1]), epochs=2, verbose=0)
+    changed = {n for n, v in before.items()
+               if not np.allclose(v, [w for w in encoder.weights if w.name == n][0].numpy())}
+    assert changed and all(n.startswith("transformer/layer_3/") for n in changed)
+    assert {v.name for v in encoder.trainable_weights} == {
+        v.name for v in encoder.layer_groups()["layer_3"]}
+
+
+def test_mixed_bfloat16_reaches_the_native_encoder(encoder4):
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        native = NativeEncoder(encoder4)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    out = native(_inputs())
+    # Transformer blocks compute in bfloat16 (tf-models keeps LayerNorm in float32).
+    assert native.bert.get_layer("transformer/layer_0").compute_dtype == "bfloat16"
+    assert all(v.dtype == tf.float32 for v in native.weights)  # variables stay float32
+    reference = HubEncoder(encoder4)(_inputs())["sequence_output"].numpy()
+    np.testing.assert_allclose(tf.cast(out["sequence_output"], tf.float32).numpy(), reference,
+                               atol=0.15)
+
+
+def test_make_encoder_falls_back_for_unrecognised_encoders(unnamed_encoder, encoder2):  # noqa: F811
+    assert isinstance(make_encoder(encoder2), NativeEncoder)
+    assert isinstance(make_encoder(encoder2, "hub"), HubEncoder)
+    assert isinstance(make_encoder(unnamed_encoder, "auto"), HubEncoder)
+    with pytest.raises(NotRecognised, match="no variable"):
+        make_encoder(unnamed_encoder, "native")
+    with pytest.raises(KbftError, match="Received: encoder_impl='fast'"):
+        make_encoder(encoder2, "fast")
