@@ -55,7 +55,9 @@ def test_read_conll_and_bad_input(tmp_path):
     assert tagging.load_tagged([(["a"], ["O"])]).tags == [["O"]]
 
 
-def test_errors_one_tag_and_unknown_validation_tag(encoder2):
+def test_errors_one_tag_and_unknown_validation_tag():
+    # The data are checked before any encoder loads.
+    encoder2 = "not-loaded"
     one_tag = [{"tokens": ["a", "b"], "tags": ["O", "O"]}]
     with pytest.raises(KbftError, match="at least two different tags"):
         tagging.fine_tune_tagging(one_tag, encoder=encoder2, verbose=0)

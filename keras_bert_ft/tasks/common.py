@@ -16,11 +16,12 @@ import numpy as np
 import tensorflow as tf
 
 from keras_bert_ft._keras import keras
-from keras_bert_ft import export as export_lib
+from keras_bert_ft import data as data_lib, export as export_lib
 from keras_bert_ft.encoder import HubEncoder, TrainableSpec
 from keras_bert_ft.errors import KbftError, bad_argument
 from keras_bert_ft.optimization import create_optimizer
-from keras_bert_ft.preprocessing import INPUT_KEYS, Preprocessor, check_seq_length
+from keras_bert_ft.preprocessing import (INPUT_KEYS, Preprocessor, check_seq_length,
+                                         trim_to_longest)
 from keras_bert_ft.strategy import get_strategy
 from keras_bert_ft import training
 from keras_bert_ft.tasks import TASKS
@@ -46,6 +47,8 @@ class TaskConfig:
     trainable_layers: TrainableSpec = _field("all", '"all", "none", top k, or a list of layer indices')
     train_embeddings: Optional[bool] = _field(None, "train embeddings (default: only when all layers train)")
     seq_length: int = _field(128, "tokens per model input (QA: per window), specials included")
+    padding: str = _field("auto", "training batches: auto (static on TPU, else bucketed), "
+                          "bucketed (length-grouped), dynamic (per-batch length) or static")
     dropout: float = _field(0.1, "dropout before the task's output layer")
     strategy: str = _field("auto", "auto, cpu, gpu, mirrored or tpu")
     seed: int = _field(0, "random seed for initialisation, dropout and shuffling")
@@ -69,6 +72,9 @@ class TaskConfig:
         check_seq_length(self.seq_length)
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
             raise bad_argument("learning_rate", self.learning_rate, "a float > 0")
+        if self.padding not in ("auto", *data_lib.PADDINGS):
+            raise bad_argument("padding", self.padding,
+                               f"one of auto, {', '.join(data_lib.PADDINGS)}")
         return self
 
 
@@ -137,22 +143,38 @@ def fit(model, dataset, config: TaskConfig, train_items: int, callbacks=()):
     return training._plain_history(history.history), round(throughput.examples_per_second, 2)
 
 
-def arrays_dataset(features: Dict[str, np.ndarray], labels: np.ndarray, *, batch_size: int,
-                   shuffle: bool, seed: int, token_labels: bool = False) -> tf.data.Dataset:
-    """Batches of (features, labels) from padded arrays, each batch cut to its longest
-    input (rounded up to 8); `token_labels` cuts per-token labels the same way."""
+def arrays_dataset(features: Dict[str, np.ndarray], labels: np.ndarray, config: TaskConfig,
+                   strategy, *, token_labels: bool = False) -> tf.data.Dataset:
+    """Shuffled training batches of (features, labels) from padded arrays.
+
+    `config.padding`: `bucketed` batches inputs of similar length together (batches
+    shuffled) and cuts each batch to its longest input (rounded up to 8), so short
+    inputs stop paying for long ones; `dynamic` only cuts; `static` keeps
+    `seq_length` and full batches (TPUs need fixed shapes; `auto` picks it there).
+    `token_labels` cuts per-token labels with their inputs.
+    """
+    padding = training.resolve_padding(config.padding, strategy)
     dataset = tf.data.Dataset.from_tensor_slices((features, labels))
-    if shuffle:
-        dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.shuffle(len(labels), seed=config.seed, reshuffle_each_iteration=True)
+    if padding == "bucketed":
+        boundaries = data_lib._bucket_boundaries(int(features["input_mask"].shape[1]))
+        dataset = dataset.bucket_by_sequence_length(
+            lambda x, y: tf.reduce_sum(x["input_mask"]), boundaries,
+            [config.batch_size] * (len(boundaries) + 1))
+        dataset = dataset.shuffle(64, seed=config.seed)
+    else:
+        dataset = dataset.batch(config.batch_size, drop_remainder=(
+            padding == "static" and len(labels) >= config.batch_size))
 
     def trim(batch, y):
-        from keras_bert_ft.preprocessing import trim_to_longest
         batch = trim_to_longest(batch)
         if token_labels:
             y = y[:, :tf.shape(batch["input_mask"])[1]]
         return batch, y
 
-    return dataset.batch(batch_size).map(trim).prefetch(tf.data.AUTOTUNE)
+    if padding != "static":
+        dataset = dataset.map(trim)
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def pad_features(features: Dict[str, tf.Tensor], seq_length: int) -> Dict[str, np.ndarray]:

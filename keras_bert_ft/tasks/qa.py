@@ -356,8 +356,7 @@ def fine_tune_qa(train, validation=None, config: Optional[common.TaskConfig] = N
     features, labels, skipped = featurize(preprocessor, train_ex, config)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     common.compile_model(model, config, strategy, loss, len(labels))
-    dataset = common.arrays_dataset(features, labels, batch_size=config.batch_size,
-                                    shuffle=True, seed=config.seed)
+    dataset = common.arrays_dataset(features, labels, config, strategy)
     history, speed = common.fit(model, dataset, config, len(labels), callbacks)
     serving = QAServing(model, preprocessor, config)
     metrics = evaluate(serving, val_ex) if val_ex is not None else {}

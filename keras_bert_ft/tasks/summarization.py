@@ -338,8 +338,7 @@ def fine_tune_summarization(train, validation=None, config: Optional[common.Task
     preprocessor = common.task_preprocessor(encoder, config)
     features, labels = featurize(preprocessor, train_docs, config.seq_length)
     common.compile_model(model, config, strategy, common.masked_binary_crossentropy, len(labels))
-    dataset = common.arrays_dataset(features, labels, batch_size=config.batch_size,
-                                    shuffle=True, seed=config.seed)
+    dataset = common.arrays_dataset(features, labels, config, strategy)
     history, speed = common.fit(model, dataset, config, len(labels), callbacks)
     serving = SummarizationServing(model, preprocessor, config.top_k)
     metrics = evaluate(serving, val_docs) if val_docs is not None else {}

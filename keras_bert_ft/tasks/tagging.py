@@ -252,8 +252,7 @@ def fine_tune_tagging(train, validation=None, config: Optional[common.TaskConfig
     features, labels = featurize(preprocessor, train_s,
                                  {t: i for i, t in enumerate(tag_names)}, config.seq_length)
     common.compile_model(model, config, strategy, common.masked_sparse_crossentropy, len(labels))
-    dataset = common.arrays_dataset(features, labels, batch_size=config.batch_size,
-                                    shuffle=True, seed=config.seed, token_labels=True)
+    dataset = common.arrays_dataset(features, labels, config, strategy, token_labels=True)
     history, speed = common.fit(model, dataset, config, len(labels), callbacks)
     serving = TaggingServing(model, preprocessor, tag_names)
     metrics = evaluate(serving, val_s) if val_s is not None else {}
