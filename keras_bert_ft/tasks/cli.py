@@ -20,7 +20,7 @@ def add_task_arguments(parser) -> None:
 
     task = parser._option_string_actions.get("--task")
     if task is None:
-        parser.add_argument("--task", default=None,
+        parser.add_argument("--task", default=None, choices=["classification", *TASKS],
                             help="tagging (CoNLL files), qa (SQuAD JSON) or summarization "
                                  "(JSON lines); default: classification")
     elif task.choices is not None:
