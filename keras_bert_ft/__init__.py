@@ -31,6 +31,11 @@ _EXPORTS = {
     "convert_hf_bert": "convert",
     "convert_tf1_bert": "convert",
     "convert_checkpoint": "convert",
+    "TaskConfig": "tasks",
+    "fine_tune_task": "tasks",
+    "fine_tune_tagging": "tasks",
+    "fine_tune_qa": "tasks",
+    "fine_tune_summarization": "tasks",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

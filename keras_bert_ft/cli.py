@@ -73,6 +73,10 @@ def _config_from_args(args):
 
 
 def cmd_train(args) -> int:
+    from keras_bert_ft.tasks import TASKS
+    if getattr(args, "task", None) in TASKS:  # tagging, qa, summarization
+        from keras_bert_ft.tasks.cli import run_task_training
+        return run_task_training(args)
     from keras_bert_ft.training import fine_tune, save_run
     config = _config_from_args(args)
     if not config.output_dir:
@@ -112,6 +116,10 @@ def cmd_predict(args) -> int:
     from keras_bert_ft import data as data_lib
     from keras_bert_ft.export import load_export, predict_export, read_metadata
     meta = read_metadata(args.model)
+    from keras_bert_ft.tasks import TASKS
+    if meta.get("task") in TASKS:  # a tagging, qa or summarization export
+        from keras_bert_ft.tasks.cli import run_task_prediction
+        return run_task_prediction(args, meta)
     if args.input:
         examples = data_lib.load_examples(args.input, text_column=args.text_column,
                                           text_pair_column=args.text_pair_column,
@@ -202,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--train", required=True, help="training file (CSV, TSV, JSON lines) or tfds:<name>")
     train.add_argument("--validation", help="validation file; its metrics go to metrics.json")
     _add_config_flags(train)
+    from keras_bert_ft.tasks.cli import add_task_arguments
+    add_task_arguments(train)
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="metrics of an export on a labelled file")

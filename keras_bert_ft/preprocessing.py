@@ -134,6 +134,18 @@ class Preprocessor(tf.Module):
             pieces = pieces.merge_dims(-2, -1)
         return tf.cast(pieces, tf.int32)
 
+    def tokenize_with_offsets(self, texts):
+        """`[batch]` strings -> ids `[batch, (tokens)]` int32 and each piece's start and
+        end byte offsets (int64) in the original string (span QA, tagging)."""
+        if self._hub_module is not None:
+            raise KbftError("Word-piece offsets need a vocab.txt preprocessor (a TF-Hub "
+                            f"preprocess model gives none). Received: preprocessor={self.source!r}")
+        texts = tf.convert_to_tensor(texts, tf.string)
+        pieces, starts, ends = self._tokenizer.tokenize_with_offsets(texts)
+        if pieces.ragged_rank > 1:
+            pieces, starts, ends = (t.merge_dims(-2, -1) for t in (pieces, starts, ends))
+        return tf.cast(pieces, tf.int32), starts, ends
+
     def pack(self, segments: Sequence[tf.RaggedTensor],
              seq_length: Optional[int] = None) -> Dict[str, tf.Tensor]:
         """[CLS] a [SEP] (b [SEP]), trimmed round-robin and padded to `seq_length`."""

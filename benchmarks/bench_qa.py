@@ -1,0 +1,77 @@
+"""Span QA on XQuAD English split by article: exact match and F1 on the held-out articles.
+
+Fine-tunes the embedded minilm-l6 (all layers) on the questions of the first 38 articles
+of `xquad.en.json` (file order) and scores the served answers to the questions of the
+last 10 with the official SQuAD v1.1 exact match and F1. Prints and writes JSON.
+
+    .venv/bin/python benchmarks/bench_qa.py [--seq-length 384] [--doc-stride 128]
+        [--epochs 3] [--learning-rate 1e-4] [--batch-size 16] [--json PATH]
+"""
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+from _common import peak_mib, write_figures
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(HERE, "..", "..", "shared", "data", "xquad", "xquad.en.json")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=DATA, help="SQuAD v1.1 JSON (default: XQuAD English)")
+    parser.add_argument("--train-articles", type=int, default=38)
+    parser.add_argument("--encoder", default="minilm-l6")
+    parser.add_argument("--seq-length", type=int, default=384)
+    parser.add_argument("--doc-stride", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--warmup-ratio", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=None, help="also save the run (metrics, export) here")
+    parser.add_argument("--json", default=os.path.join(HERE, "results", "qa.json"))
+    args = parser.parse_args(argv)
+    if not os.path.isfile(args.data):
+        print(f"XQuAD not found at {args.data}: pass --data path/to/xquad.en.json")
+        return 2
+
+    from keras_bert_ft.tasks.qa import fine_tune_qa, split_articles
+
+    train, held_out = split_articles(args.data, args.train_articles)
+    settings = dict(encoder=args.encoder, seq_length=args.seq_length,
+                    doc_stride=args.doc_stride, epochs=args.epochs,
+                    learning_rate=args.learning_rate, batch_size=args.batch_size,
+                    warmup_ratio=args.warmup_ratio, seed=args.seed,
+                    trainable_layers="all")
+    start = time.time()
+    result = fine_tune_qa(train, held_out, verbose=2, **settings)
+    wall = time.time() - start
+    if args.output:
+        result.save(args.output)
+    m = result.metrics
+    figures = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}",
+        "data": f"XQuAD en, first {args.train_articles} articles train, the rest held out",
+        "settings": settings,
+        "train_questions": m["train_examples"],
+        "train_windows": m["train_windows"],
+        "train_skipped": m["train_skipped"],
+        "held_out_questions": m["eval_questions"],
+        "exact_match": round(m["exact_match"], 4),
+        "f1": round(m["f1"], 4),
+        "train_loss_per_epoch": [round(x, 4) for x in result.history["loss"]],
+        "train_windows_per_second": m["train_examples_per_second"],
+        "peak_memory_mib": round(peak_mib(), 1),
+        "wall_seconds": round(wall, 1),
+    }
+    write_figures(figures, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

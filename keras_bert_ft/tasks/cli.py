@@ -1,0 +1,92 @@
+"""The sequence tasks on the command line: `kbft train --task tagging|qa|summarization`
+and `kbft predict` on their exports. `kbft`'s own parser calls in here."""
+
+import dataclasses
+import json
+import os
+import sys
+
+from keras_bert_ft.errors import bad_argument
+from keras_bert_ft.tasks import TASKS
+
+# TaskConfig fields that `kbft train` has no flag for otherwise.
+_TASK_FLAGS = ("doc_stride", "max_query_length", "max_answer_length", "n_best_size", "top_k")
+
+
+def add_task_arguments(parser) -> None:
+    """Adds the sequence tasks' flags to `kbft train` (and `--task`, unless the parser
+    has one already, whose choices then grow by the sequence tasks)."""
+    from keras_bert_ft.tasks.common import TaskConfig
+
+    task = parser._option_string_actions.get("--task")
+    if task is None:
+        parser.add_argument("--task", default=None, choices=["classification", *TASKS],
+                            help="tagging (CoNLL files), qa (SQuAD JSON) or summarization "
+                                 "(JSON lines); default: classification")
+    elif task.choices is not None:
+        task.choices = list(task.choices) + [t for t in TASKS if t not in task.choices]
+    group = parser.add_argument_group("sequence tasks (--task tagging, qa, summarization)")
+    fields = {f.name: f for f in dataclasses.fields(TaskConfig)}
+    for name in _TASK_FLAGS:
+        field = fields[name]
+        group.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=None,
+                           help=f"{field.metadata['help']} (default: {field.default})")
+    group.add_argument("--train-articles", type=int, default=None,
+                       help="qa without --validation: split the --train SQuAD file by "
+                            "article, the first N train and the rest are held out")
+
+
+def run_task_training(args) -> int:
+    """`kbft train --task T`: trains, saves metrics, history and export under --output."""
+    from keras_bert_ft.tasks import common, fine_tune_task
+
+    if not getattr(args, "output_dir", None):
+        raise bad_argument("output", None, "a folder for checkpoints, logs and the export")
+    values = {}
+    for field in dataclasses.fields(common.TaskConfig):
+        value = getattr(args, field.name, None)
+        if value is not None and field.name != "lower_case":
+            values[field.name] = value
+    if hasattr(args, "cased"):
+        values["lower_case"] = not args.cased
+    config = common.TaskConfig(**values)
+    train, validation = args.train, args.validation
+    if getattr(args, "train_articles", None):
+        if args.task != "qa" or validation:
+            raise bad_argument("train_articles", args.train_articles,
+                               "used only with --task qa and no --validation")
+        from keras_bert_ft.tasks.qa import split_articles
+        train, validation = split_articles(args.train, args.train_articles)
+    result = fine_tune_task(args.task, train, validation, config)
+    paths = result.save(config.output_dir)
+    print(json.dumps(result.metrics, indent=2))
+    print(f"export: {paths['export']}\nmetrics: {os.path.join(config.output_dir, 'metrics.json')}")
+    return 0
+
+
+def run_task_prediction(args, meta: dict) -> int:
+    """`kbft predict` on a task export: `--text` texts / questions / documents, and for
+    qa one `--text-pair` context per question. Writes JSON lines."""
+    from keras_bert_ft.tasks import predict_export
+
+    texts = args.text or []
+    if not texts:
+        raise bad_argument("text", None, "--text TEXT (repeatable) for a task export")
+    columns = [texts]
+    if meta["task"] == "qa":
+        if not args.text_pair or len(args.text_pair) != len(texts):
+            raise bad_argument("text_pair", args.text_pair,
+                               f"one context (--text-pair) per question ({len(texts)})")
+        columns.append(args.text_pair)
+    elif args.text_pair:
+        raise bad_argument("text_pair", args.text_pair, f"nothing: a {meta['task']} export "
+                           "takes one text per example")
+    rows = predict_export(args.model, *columns)
+    out = open(args.output, "w") if args.output else sys.stdout
+    try:
+        for row in rows:
+            out.write(json.dumps(row) + "\n")
+    finally:
+        if args.output:
+            out.close()
+    return 0

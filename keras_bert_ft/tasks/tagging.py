@@ -1,0 +1,260 @@
+"""Token classification: word-level tags from raw text, each word's label on its first piece.
+
+Words are whitespace-separated (CoNLL tokens joined by spaces give back the same words);
+each word is cut into word pieces on its own, its tag is trained and predicted on its
+first piece, and the other pieces stay out of the loss. Words whose first piece falls
+beyond `seq_length - 2` pieces get the empty tag "" (they were not seen). Judged by
+entity-level F1 (exact span and type, seqeval-style) and per-word accuracy.
+"""
+
+import dataclasses
+import os
+from typing import List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_text as text
+
+from keras_bert_ft._keras import keras
+from keras_bert_ft import heads
+from keras_bert_ft.errors import KbftError, bad_argument
+from keras_bert_ft.models import FineTuneModel, encoder_inputs
+from keras_bert_ft.preprocessing import trim_to_longest
+from keras_bert_ft.tasks import common
+from keras_bert_ft.tasks.metrics import tagging_metrics
+
+
+@dataclasses.dataclass
+class TaggedSentences:
+    """Sentences as word lists, with one tag per word (or no tags, for prediction)."""
+    words: List[List[str]]
+    tags: Optional[List[List[str]]] = None
+    source: str = "<memory>"
+
+    def __len__(self):
+        return len(self.words)
+
+    def take(self, n: int) -> "TaggedSentences":
+        return dataclasses.replace(self, words=self.words[:n],
+                                   tags=None if self.tags is None else self.tags[:n])
+
+
+def read_conll(path: str, encoding: str = "utf-8") -> TaggedSentences:
+    """CoNLL-style columns: one word per line, the word first and its tag last, a blank
+    line between sentences; `-DOCSTART-` lines are skipped."""
+    if not os.path.isfile(path):
+        raise bad_argument("data", path, "an existing CoNLL file (not found)")
+    words, tags, sentence, sentence_tags = [], [], [], []
+    with open(path, encoding=encoding) as f:
+        for number, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts or parts[0] == "-DOCSTART-":
+                if sentence:
+                    words.append(sentence)
+                    tags.append(sentence_tags)
+                sentence, sentence_tags = [], []
+                continue
+            if len(parts) < 2:
+                raise KbftError(f"{path}:{number}: expected a word and a tag, separated by "
+                                f"whitespace. Received: line={line.rstrip()!r}")
+            sentence.append(parts[0])
+            sentence_tags.append(parts[-1])
+    if sentence:
+        words.append(sentence)
+        tags.append(sentence_tags)
+    if not words:
+        raise bad_argument("data", path, "a CoNLL file with at least one sentence (it is empty)")
+    return TaggedSentences(words, tags, source=path)
+
+
+def load_tagged(source, encoding: str = "utf-8") -> TaggedSentences:
+    """`TaggedSentences` from a CoNLL file, a list of `{"tokens": [...], "tags": [...]}`
+    records (`words` also works for `tokens`) or a list of `(words, tags)` pairs."""
+    if isinstance(source, TaggedSentences):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return read_conll(os.fspath(source), encoding)
+    rows = common.as_list(source, "data")
+    words, tags = [], []
+    for i, row in enumerate(rows):
+        if isinstance(row, dict):
+            w, t = row.get("tokens", row.get("words")), row.get("tags")
+        elif isinstance(row, (list, tuple)) and len(row) == 2:
+            w, t = row
+        else:
+            raise bad_argument("data", type(row).__name__, 'records {"tokens": [...], '
+                               '"tags": [...]} or (words, tags) pairs')
+        if w is None or t is None or len(w) != len(t):
+            raise KbftError(f"Sentence {i} needs as many tags as words. Received: "
+                            f"words={w!r}, tags={t!r}")
+        words.append([str(x) for x in w])
+        tags.append([str(x) for x in t])
+    return TaggedSentences(words, tags)
+
+
+# ---------------------------------------------------------------------------- graph
+
+
+def encode_words(preprocessor, words: tf.RaggedTensor, seq_length: int):
+    """Word lists `[batch, (words)]` -> packed model inputs and each word's first-piece
+    position `[batch, (words)]` (-1 for a word with no piece inside the input)."""
+    pieces = preprocessor.tokenize(words.flat_values)  # [all words, (pieces)]
+    counts = tf.cast(pieces.row_lengths(), tf.int32)
+    total = tf.cumsum(counts, exclusive=True)
+    before_sentence = tf.gather(tf.concat([total, [tf.reduce_sum(counts)]], 0),
+                                tf.cast(words.row_starts(), tf.int32))
+    first = 1 + total - tf.gather(before_sentence, tf.cast(words.value_rowids(), tf.int32))
+    valid = (counts > 0) & (first <= seq_length - 2)
+    first = words.with_flat_values(tf.where(valid, first, -1))
+    per_sentence = tf.RaggedTensor.from_row_splits(pieces, words.row_splits).merge_dims(1, 2)
+    return preprocessor.pack([per_sentence], seq_length), first
+
+
+class TaggingServing(common.TaskServing):
+    """`serving_default(text)`: whitespace words, their tags and tag ids, `num_words`."""
+
+    task = "tagging"
+    input_names = ("text",)
+
+    def __init__(self, model, preprocessor, tag_names: Sequence[str]):
+        self.tag_names = tf.constant(list(tag_names), tf.string)
+        super().__init__(model, preprocessor, {"tag_names": list(tag_names)})
+        self.words_fn = tf.function(
+            self.tag_words, input_signature=[tf.RaggedTensorSpec([None, None], tf.string)],
+            autograph=False)
+
+    def tag_words(self, words: tf.RaggedTensor):
+        features, first = encode_words(self.preprocessor, words, self.preprocessor.seq_length)
+        probabilities = tf.nn.softmax(tf.cast(
+            self.model(trim_to_longest(features), training=False), tf.float32), axis=-1)
+        positions = first.to_tensor(default_value=-1)
+        seen = positions >= 0
+        per_word = tf.gather(probabilities, tf.maximum(positions, 0), batch_dims=1)
+        tag_ids = tf.where(seen, tf.argmax(per_word, axis=-1, output_type=tf.int32), -1)
+        return {"words": words.to_tensor(default_value=""),
+                "tags": tf.where(seen, tf.gather(self.tag_names, tf.maximum(tag_ids, 0)), ""),
+                "tag_ids": tag_ids,
+                "scores": tf.where(seen, tf.reduce_max(per_word, axis=-1), 0.0),
+                "num_words": tf.cast(words.row_lengths(), tf.int32)}
+
+    def serve(self, text):
+        return self.tag_words(tf_text_words(text))
+
+    def predict_words(self, words: Sequence[Sequence[str]], batch_size: int = 32):
+        """Tags for sentences given as word lists (the same graph as `serve`)."""
+        out = []
+        for start in range(0, len(words), batch_size):
+            batch = tf.ragged.constant([list(w) for w in words[start:start + batch_size]],
+                                       dtype=tf.string, ragged_rank=1)
+            out.extend(decode({k: v.numpy() for k, v in self.words_fn(batch).items()}))
+        return out
+
+
+def tf_text_words(texts) -> tf.RaggedTensor:
+    """`[batch]` strings -> `[batch, (words)]`, split on whitespace."""
+    return text.WhitespaceTokenizer().tokenize(texts)
+
+
+def decode(outputs) -> List[dict]:
+    """One batch of serving outputs -> `[{"words": [...], "tags": [...]}, ...]`."""
+    rows = []
+    for i, n in enumerate(outputs["num_words"]):
+        rows.append({"words": [w.decode("utf-8") for w in outputs["words"][i][:n]],
+                     "tags": [t.decode("utf-8") for t in outputs["tags"][i][:n]]})
+    return rows
+
+
+# ---------------------------------------------------------------------------- model
+
+
+def build_tagger(encoder, num_tags: int, dropout: float = 0.1) -> FineTuneModel:
+    """Encoder -> `sequence_output` -> Dropout -> Dense: logits `[batch, seq, tags]`."""
+    inputs = encoder_inputs()
+    sequence = encoder(inputs)["sequence_output"]
+    x = heads.dense_blocks(sequence, (), dropout)
+    logits = heads.logits_layer(num_tags, name="tag_logits")(x)
+    return FineTuneModel(inputs=inputs, outputs=logits, name="tagger")
+
+
+def featurize(preprocessor, sentences: TaggedSentences, tag_index: dict, seq_length: int,
+              batch_size: int = 256):
+    """Padded model inputs and per-piece labels (the word's tag on its first piece,
+    `IGNORE` elsewhere), through the same `encode_words` as serving."""
+    features, labels = [], []
+    for start in range(0, len(sentences), batch_size):
+        words = sentences.words[start:start + batch_size]
+        batch, first = encode_words(
+            preprocessor, tf.ragged.constant(words, dtype=tf.string, ragged_rank=1), seq_length)
+        features.append(common.pad_features(batch, seq_length))
+        y = np.full((len(words), seq_length), common.IGNORE, np.int32)
+        for i, positions in enumerate(first.to_list()):
+            for position, tag in zip(positions, sentences.tags[start + i]):
+                if position >= 0:
+                    y[i, position] = tag_index[tag]
+        labels.append(y)
+    stacked = {k: np.concatenate([f[k] for f in features]) for k in features[0]}
+    return stacked, np.concatenate(labels)
+
+
+@dataclasses.dataclass
+class TaggingResult(common.TaskResult):
+    def predict(self, texts: Sequence[str], batch_size: int = 32) -> List[dict]:
+        """`[{"words": [...], "tags": [...]}]` per raw string, as the export returns them."""
+        texts = common.as_list(texts, "texts")
+        return [row for batch in self.serving.run(texts, batch_size=batch_size)
+                for row in decode(batch)]
+
+    @property
+    def tag_names(self) -> List[str]:
+        return self.serving.info["tag_names"]
+
+
+def evaluate(serving: TaggingServing, sentences: TaggedSentences) -> dict:
+    predicted = [row["tags"] for row in serving.predict_words(sentences.words)]
+    metrics = tagging_metrics(sentences.tags, predicted)
+    metrics["eval_sentences"] = len(sentences)
+    return metrics
+
+
+def fine_tune_tagging(train, validation=None, config: Optional[common.TaskConfig] = None, *,
+                      callbacks: Sequence[keras.callbacks.Callback] = (), strategy=None,
+                      **overrides) -> TaggingResult:
+    """Fine-tunes an encoder for word-level tagging (NER, POS, chunking).
+
+    Args:
+        train, validation: a CoNLL file, a list of `{"tokens": [...], "tags": [...]}`
+            records, a list of `(words, tags)` pairs, or `TaggedSentences`.
+        config: a `TaskConfig`; keyword `overrides` replace its fields.
+
+    Example:
+        >>> result = fine_tune_tagging("train.conll", "dev.conll", epochs=2)
+        >>> result.metrics["entity_f1"], result.predict(["John lives in Paris"])
+    """
+    config, strategy = common.resolve(config, overrides, strategy)
+    train_s = load_tagged(train, config.encoding)
+    if config.max_train_examples:
+        train_s = train_s.take(config.max_train_examples)
+    tag_names = sorted({t for tags in train_s.tags for t in tags})
+    if len(tag_names) < 2:
+        raise bad_argument("train", train_s.source, "sentences with at least two different "
+                           f"tags (found only {tag_names})")
+    val_s = None
+    if validation is not None:
+        val_s = load_tagged(validation, config.encoding)
+        if config.max_eval_examples:
+            val_s = val_s.take(config.max_eval_examples)
+        common.check_labels_known({t for tags in val_s.tags for t in tags}, tag_names,
+                                  f"validation {val_s.source}")
+    encoder = common.build_encoder(config, strategy)
+    with strategy.scope():
+        model = build_tagger(encoder, len(tag_names), config.dropout)
+    preprocessor = common.task_preprocessor(encoder, config)
+    features, labels = featurize(preprocessor, train_s,
+                                 {t: i for i, t in enumerate(tag_names)}, config.seq_length)
+    common.compile_model(model, config, strategy, common.masked_sparse_crossentropy, len(labels))
+    dataset = common.arrays_dataset(features, labels, config, strategy, token_labels=True)
+    history, speed = common.fit(model, dataset, config, len(labels), callbacks)
+    serving = TaggingServing(model, preprocessor, tag_names)
+    metrics = evaluate(serving, val_s) if val_s is not None else {}
+    metrics.update(train_examples=len(train_s), train_examples_per_second=speed)
+    return TaggingResult("tagging", model, serving, config, history, metrics, strategy)

@@ -1,0 +1,217 @@
+"""Tagging, span QA and summarisation end to end on data the tests build: train, score with
+the task metric, export, and reload in a bare process (tensorflow + tensorflow_text only)
+that must give identical outputs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from keras_bert_ft import cli, tasks
+from keras_bert_ft.errors import KbftError
+from keras_bert_ft.tasks.qa import QAExample
+
+POSITIVE = ["good", "great", "fun", "love"]
+THINGS = ["movie", "film", "plot", "acting"]
+FILLER = ["the", "a", "was", "is", "not", "it", "and"]
+TINY = dict(epochs=4, batch_size=16, learning_rate=3e-3, seq_length=32, padding="static",
+            verbose=0)
+
+# A separate interpreter that imports only tensorflow and tensorflow_text.
+BARE_LOADER = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+import tensorflow_text  # registers the tokenizer ops the exports use
+assert "keras_bert_ft" not in sys.modules and "tensorflow_hub" not in sys.modules
+
+def plain(value):
+    value = value.numpy()
+    if value.dtype == object:
+        return np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(value).tolist()
+    return value.tolist()
+
+out = []
+for job in json.loads(sys.argv[1]):
+    serve = tf.saved_model.load(job["export"]).signatures["serving_default"]
+    result = serve(**{k: tf.constant(v) for k, v in job["inputs"].items()})
+    out.append({k: plain(v) for k, v in result.items()})
+print(json.dumps(out))
+"""
+
+
+def plain(batch):
+    return {k: (np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(v).tolist()
+                if v.dtype == object else v.tolist()) for k, v in batch.items()}
+
+
+def tagged_sentence(rng):
+    """Tags follow the words: things are B-OBJ, good / great / love B-POS, and "very fun"
+    (the only place either word appears) a two-word B-POS I-POS entity."""
+    words, tags = [], []
+    for _ in range(rng.randint(3, 7)):
+        r = rng.rand()
+        if r < 0.2:
+            words += ["very", "fun"]
+            tags += ["B-POS", "I-POS"]
+        elif r < 0.4:
+            words.append(rng.choice(["good", "great", "love"]))
+            tags.append("B-POS")
+        elif r < 0.6:
+            words.append(rng.choice(THINGS))
+            tags.append("B-OBJ")
+        else:
+            words.append(rng.choice(FILLER))
+            tags.append("O")
+    return {"tokens": words, "tags": tags}
+
+
+def qa_example(rng):
+    """The answer is the word after the thing the question names; contexts run past
+    one 24-token window."""
+    words = list(rng.choice(FILLER + ["very"], rng.randint(6, 22)))
+    thing, answer = rng.choice(THINGS), rng.choice(POSITIVE)
+    at = rng.randint(0, len(words) + 1)
+    words[at:at] = [thing, answer]
+    start = len(" ".join(words[:at + 1])) + 1
+    return QAExample(f"how is the {thing} ?", " ".join(words), [answer], [start])
+
+
+def document(rng):
+    """Three to five short sentences; the oracle summary is the lead (the first two).
+    A randomly initialised 2-layer encoder does not learn to pool a sentence's words
+    into its [CLS] in a few dozen steps, but [CLS] positions and interval segment ids
+    make the lead learnable, which checks that each score comes from its own [CLS]."""
+    n = rng.randint(3, 6)
+    sentences = [" ".join(rng.choice(FILLER + THINGS + POSITIVE, rng.randint(1, 4))) + " ."
+                 for _ in range(n)]
+    return {"sentences": sentences, "labels": [1, 1] + [0] * (n - 2)}
+
+
+@pytest.fixture(scope="module")
+def tagging(encoder2):
+    rng = np.random.RandomState(0)
+    train = [tagged_sentence(rng) for _ in range(160)]
+    dev = [tagged_sentence(rng) for _ in range(40)]
+    return tasks.fine_tune_task("tagging", train, dev, encoder=encoder2, strategy="mirrored",
+                                **dict(TINY, epochs=6))
+
+
+@pytest.fixture(scope="module")
+def qa(encoder2):
+    rng = np.random.RandomState(1)
+    train = [qa_example(rng) for _ in range(160)]
+    dev = [qa_example(rng) for _ in range(40)]
+    return tasks.fine_tune_task("qa", train, dev, encoder=encoder2, strategy="cpu",
+                                **dict(TINY, epochs=2, seq_length=24, doc_stride=6,
+                                       max_query_length=6))
+
+
+@pytest.fixture(scope="module")
+def summarization(encoder2):
+    rng = np.random.RandomState(2)
+    train = [document(rng) for _ in range(160)]
+    dev = [document(rng) for _ in range(30)]
+    return tasks.fine_tune_task("summarization", train, dev, encoder=encoder2,
+                                strategy="cpu", top_k=2, **TINY)
+
+
+def test_tagging_learns_entities_under_mirrored_strategy(tagging):
+    assert tagging.strategy.num_replicas_in_sync == 2
+    assert tagging.metrics["entity_f1"] >= 0.8, tagging.metrics
+    assert tagging.metrics["token_accuracy"] >= 0.85
+    row = tagging.predict(["the  very fun\tfilm"])[0]
+    assert row["words"] == ["the", "very", "fun", "film"]
+    assert row["tags"] == ["O", "B-POS", "I-POS", "B-OBJ"]
+
+
+def test_qa_finds_answers_across_windows(qa):
+    assert qa.metrics["train_windows"] > qa.metrics["train_examples"]  # long contexts split
+    assert qa.metrics["f1"] >= 0.8 and qa.metrics["exact_match"] >= 0.8, qa.metrics
+    context = "it was the a and is not it the movie fun and it was a the not is it"
+    row = qa.predict(["how is the movie ?"], [context])[0]
+    assert row["answer"] == "fun" and context[row["answer_start"]:].startswith("fun")
+
+
+def test_summarization_picks_the_oracle_sentences(summarization):
+    assert summarization.metrics["sentence_f1"] >= 0.9, summarization.metrics
+    assert summarization.metrics["rouge2"] >= 0.9
+    row = summarization.predict(["the plot was not . it is fun ! a movie .  the film was great ."])[0]
+    assert row["sentence_ids"] == [0, 1]
+    assert row["summary"] == "the plot was not . it is fun !"
+    assert summarization.predict([["a b", "c"]])[0]["sentences"] == ["a b", "c"]
+
+
+def test_exports_reload_in_a_bare_process_with_identical_outputs(
+        tagging, qa, summarization, tmp_path):
+    texts = ["the very good film was fun", "a  plot\tis great", ""]
+    questions = ["how is the plot ?", "how is the acting ?"]
+    contexts = ["the plot great and the film fun", "it was the acting love " * 4]
+    documents = ["the movie . it is good ! a film is great .", "one sentence"]
+    jobs, expected = [], []
+    for name, result, inputs in (
+            ("tagging", tagging, {"text": texts}),
+            ("qa", qa, {"question": questions, "context": contexts}),
+            ("summarization", summarization, {"document": documents})):
+        jobs.append({"export": result.export(str(tmp_path / name)), "inputs": inputs})
+        expected.append(plain(result.serving.run(*inputs.values())[0]))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-c", BARE_LOADER, json.dumps(jobs)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    reloaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    for want, got in zip(expected, reloaded):
+        assert set(want) == set(got)
+        for key in want:
+            if np.asarray(want[key]).dtype.kind == "f":
+                np.testing.assert_allclose(got[key], want[key], rtol=0, atol=1e-6)
+            else:
+                assert got[key] == want[key], key
+
+
+def test_cli_train_task_and_predict(tagging, tmp_path, monkeypatch, capsys):
+    """`kbft train --task`: flags reach TaskConfig, the run is saved, `kbft predict`
+    reads the export (training itself is the fixture's, passed through)."""
+    seen = []
+
+    def fake_fine_tune(task, train, validation, config):
+        seen.append((task, train, validation, config))
+        if task != "tagging":
+            raise KbftError("stop here")
+        return tagging
+
+    monkeypatch.setattr(tasks, "fine_tune_task", fake_fine_tune)
+    out = str(tmp_path / "run")
+    assert cli.main(["train", "--task", "tagging", "--train", "t.conll", "--validation",
+                     "d.conll", "--epochs", "2", "--seq-length", "32", "--top-k", "2",
+                     "--cased", "--output", out]) == 0
+    task, train, validation, config = seen[-1]
+    assert (task, train, validation) == ("tagging", "t.conll", "d.conll")
+    assert (config.epochs, config.seq_length, config.top_k, config.lower_case) == (2, 32, 2, False)
+    assert json.load(open(os.path.join(out, "metrics.json"))) == pytest.approx(tagging.metrics)
+    run_config = json.load(open(os.path.join(out, "run_config.json")))
+    assert run_config["task"] == "tagging" and run_config["tag_names"] == tagging.tag_names
+    capsys.readouterr()
+    text = "the very fun film"
+    assert cli.main(["predict", "--model", os.path.join(out, "export"), "--text", text]) == 0
+    assert json.loads(capsys.readouterr().out) == tagging.predict([text])[0]
+    assert cli.main(["predict", "--model", os.path.join(out, "export"), "--text", "a",
+                     "--text-pair", "b"]) == 2
+    assert "text_pair must be nothing" in capsys.readouterr().err
+
+    squad = tmp_path / "squad.json"
+    squad.write_text(json.dumps({"data": [
+        {"title": t, "paragraphs": [{"context": "ab", "qas": [
+            {"id": t, "question": "q", "answers": [{"text": "b", "answer_start": 1}]}]}]}
+        for t in ("first", "second", "third")]}))
+    assert cli.main(["train", "--task", "qa", "--train", str(squad), "--train-articles", "2",
+                     "--doc-stride", "64", "--output", out]) == 2
+    task, train, validation, config = seen[-1]
+    assert [e.qid for e in train] == ["first", "second"] and [e.qid for e in validation] == ["third"]
+    assert config.doc_stride == 64
+    assert cli.main(["train", "--task", "tagging", "--train", "x", "--train-articles", "3",
+                     "--output", out]) == 2
+    assert "train_articles must be used only with --task qa" in capsys.readouterr().err
