@@ -11,6 +11,7 @@ import os
 import sys
 from typing import List, Optional
 
+from keras_bert_ft import research_cli
 from keras_bert_ft.errors import KbftError, bad_argument
 
 # Flags whose names differ from FineTuneConfig fields.
@@ -57,6 +58,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             kwargs["type"] = type(field.default)
         elif field.name in ("max_train_examples", "max_eval_examples"):
             kwargs["type"] = int
+        elif field.name in ("encoder_learning_rate", "clip_norm"):
+            kwargs["type"] = float
         parser.add_argument(flag, **kwargs)
     parser.add_argument("--cased", action="store_true",
                         help="keep case (vocab.txt preprocessors; default lower-cases)")
@@ -74,6 +77,9 @@ def cmd_train(args) -> int:
     config = _config_from_args(args)
     if not config.output_dir:
         raise bad_argument("output", None, "a folder for checkpoints, logs and the export")
+    if args.seeds:
+        from keras_bert_ft.research_cli import cmd_train_seeds
+        return cmd_train_seeds(args, config)
     result = fine_tune(args.train, args.validation, config)
     paths = save_run(result, config.output_dir)
     print(json.dumps(result.metrics, indent=2))
@@ -191,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--train", required=True, help="training file (CSV, TSV, JSON lines) or tfds:<name>")
     train.add_argument("--validation", help="validation file; its metrics go to metrics.json")
     _add_config_flags(train)
+    research_cli.add_train_flags(train)
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="metrics of an export on a labelled file")
@@ -235,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--train-examples", type=int, default=None, help="training examples to use")
     demo.add_argument("--epochs", type=int, default=None, help="epochs")
     demo.set_defaults(func=cmd_demo)
+    research_cli.add_commands(sub, _add_config_flags, _add_column_flags, _config_from_args)
     return parser
 
 
