@@ -30,6 +30,13 @@ _EXPORTS = {
     "convert_hf_bert": "convert",
     "convert_tf1_bert": "convert",
     "convert_checkpoint": "convert",
+    "layer_multipliers": "layerwise",
+    "GradualUnfreezing": "unfreeze",
+    "run_seeds": "seeds",
+    "sweep_layers": "sweep",
+    "diff_models": "diff",
+    "probe_layers": "probe",
+    "linear_cka": "representations",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

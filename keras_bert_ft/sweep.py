@@ -28,15 +28,32 @@ def _peak_mib() -> float:
 
 def run_one(config, train_ex, val_ex, metric: str) -> dict:
     """One fine-tuning run -> its figures (module level, so a spawned process can run it)."""
-    from keras_bert_ft.training import fine_tune
+    from keras_bert_ft.training import ThroughputCallback, fine_tune
+
+    class CpuTime(ThroughputCallback):
+        """Process CPU seconds (all threads) inside training steps, the first excluded:
+        unlike wall time, it barely grows when other programs share the cores."""
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self._start = time.process_time()
+
+        def on_train_batch_end(self, batch, logs=None):
+            if not self._first:
+                self.seconds += time.process_time() - self._start
+                self.batches += 1
+            self._first = False
+
+    cpu = CpuTime(config.batch_size, len(train_ex))
     start = time.perf_counter()
-    result = fine_tune(train_ex, val_ex, config)
+    result = fine_tune(train_ex, val_ex, config, callbacks=[cpu])
     rows = result.model.report_rows()
     eps = result.metrics["train_examples_per_second"]
     return {"quality": float(result.metrics[metric]),
             "metrics": {k: v for k, v in result.metrics.items()},
             "examples_per_second": eps,
             "ms_per_example": round(1000.0 / eps, 3) if eps else None,
+            "cpu_ms_per_example": (round(1000.0 * cpu.seconds / cpu.examples, 3)
+                                   if cpu.examples else None),
             "trainable_parameters": int(sum(n for _, n, t in rows if t)),
             "trainable_groups": [g for g, _, t in rows if t],
             "peak_memory_mib": round(_peak_mib(), 1),
@@ -114,15 +131,13 @@ def sweep_layers(train, validation, config=None, *, layers: Optional[Sequence[in
 
     def run(name, **changes):
         cfg = dataclasses.replace(config, **changes)
-        if config.verbose:
-            print(f"\n== sweep-layers: {name} ==")
+        print(f"== sweep-layers: {name} ==", flush=True)
         figures_ = _run(cfg, train_ex, val_ex, metric, isolate)
         entry = {"name": name, "k": changes.get("trainable_layers"),
                  "train_embeddings": cfg.train_embeddings, "head_units": list(cfg.head_units),
                  "pooling": training.resolve_pooling(cfg), **figures_}
-        if config.verbose:
-            print(f"{name}: {metric} {entry['quality']:.4f}, "
-                  f"{entry['examples_per_second']} examples/s")
+        print(f"{name}: {metric} {entry['quality']:.4f}, {entry['examples_per_second']} "
+              f"examples/s, {entry['cpu_ms_per_example']} CPU ms/example", flush=True)
         return entry
 
     layer_runs = [run(f"top{k}", trainable_layers=k, train_embeddings=False) for k in layers]
@@ -175,12 +190,16 @@ def _summarize(figures: dict, layer_runs: List[dict], full: dict) -> None:
                                       if full_gain > 0 else None)
         r["speedup_vs_full"] = (r["examples_per_second"] / full["examples_per_second"]
                                 if full["examples_per_second"] else None)
+        r["cpu_time_ratio_vs_full"] = (r["cpu_ms_per_example"] / full["cpu_ms_per_example"]
+                                       if r.get("cpu_ms_per_example")
+                                       and full.get("cpu_ms_per_example") else None)
     best = recommend(layer_runs, full)
     figures["full"] = {"name": full["name"], "quality": full["quality"]}
     figures["recommendation"] = None if best is None else {
         "k": best["k"], "quality": best["quality"], "within": WITHIN,
         "fraction_of_full_gain": best["fraction_of_full_gain"],
         "speedup_vs_full": best["speedup_vs_full"],
+        "cpu_time_ratio_vs_full": best["cpu_time_ratio_vs_full"],
         "text": (f"train the top {best['k']} of {figures['num_layers']} layers: "
                  f"{figures['metric']} {best['quality']:.4f} vs {full['quality']:.4f} for "
                  f"full fine-tuning, {best['speedup_vs_full']:.2f}x its examples/s")}
@@ -189,7 +208,7 @@ def _summarize(figures: dict, layer_runs: List[dict], full: dict) -> None:
 def format_table(figures: dict) -> str:
     """One line per run: quality, share of the full gain, speed, memory."""
     lines = [f"{'run':<26}{figures['metric']:>9}{'gain':>7}{'ex/s':>9}{'ms/ex':>8}"
-             f"{'speedup':>8}{'trainable':>12}{'peak MiB':>10}"]
+             f"{'speedup':>8}{'cpu ms/ex':>10}{'trainable':>12}{'peak MiB':>10}"]
     runs = figures["runs"] + figures.get("head_comparison", {}).get("runs", [])
     for r in runs:
         frac = r.get("fraction_of_full_gain")
@@ -198,6 +217,7 @@ def format_table(figures: dict) -> str:
                      f"{(f'{100 * frac:.0f}%' if frac is not None else '-'):>7}"
                      f"{r['examples_per_second']:>9.1f}{r['ms_per_example'] or 0:>8.2f}"
                      f"{(f'{speed:.2f}x' if speed else '-'):>8}"
+                     f"{r.get('cpu_ms_per_example') or 0:>10.2f}"
                      f"{r['trainable_parameters']:>12,}{r['peak_memory_mib']:>10.0f}")
     lines.append(f"majority baseline: {figures['majority_baseline']:.4f}")
     rec = figures.get("recommendation")
@@ -217,10 +237,16 @@ def plot_sweep(figures: dict, path: str) -> str:
     ks = [r["k"] for r in runs]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     left.plot(ks, [r["quality"] for r in runs], marker="o", label="top k layers trained")
-    right.plot(ks, [r["ms_per_example"] for r in runs], marker="o", label="top k layers trained")
+    right.plot(ks, [r["ms_per_example"] for r in runs], marker="o", label="wall, top k")
+    cpu = [r.get("cpu_ms_per_example") for r in runs]
+    if all(cpu):
+        right.plot(ks, cpu, marker="s", color="C2", label="CPU (all threads), top k")
     if full is not None:
         left.axhline(full["quality"], color="C1", linestyle="--", label="whole model")
-        right.axhline(full["ms_per_example"], color="C1", linestyle="--", label="whole model")
+        right.axhline(full["ms_per_example"], color="C1", linestyle="--", label="wall, whole model")
+        if full.get("cpu_ms_per_example"):
+            right.axhline(full["cpu_ms_per_example"], color="C2", linestyle="--",
+                          label="CPU, whole model")
     left.axhline(figures["majority_baseline"], color="grey", linestyle=":", label="majority class")
     left.set(xlabel="k (trainable layers from the top)", ylabel=figures["metric"],
              title=f"{figures['metric']} on validation")

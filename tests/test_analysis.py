@@ -136,6 +136,7 @@ def test_sweep_layers_in_process_writes_json_and_plot(encoder2, tmp_path):
     assert top1["trainable_groups"] == ["layer_1", "pooler", "head"]
     assert top1["trainable_parameters"] < full["trainable_parameters"]
     assert top1["speedup_vs_full"] > 0 and "fraction_of_full_gain" in top1
+    assert top1["cpu_ms_per_example"] > 0 and top1["cpu_time_ratio_vs_full"] > 0
     heads = figures["head_comparison"]
     assert heads["trainable_layers"] == 1 and heads["runs"][0]["head_units"] == [8]
     assert heads["runs"][0]["pooling"] == "cls"

@@ -56,7 +56,8 @@ def test_cli_train_seeds_reports_and_keeps_best(encoder2, vocab_file, sentiment_
                      "--batch-size", "8", "--learning-rate", "1e-3", "--seq-length", "16",
                      "--seeds", "2", "--seed", "4", "--metric", "mcc",
                      "--bias-correction", "false", "--clip-norm", "1.0",
-                     "--layer-decay", "0.8", "--output", out, "--verbose", "0"])
+                     "--layer-decay", "0.8", "--reinit-layers", "1", "--trainable-layers", "1",
+                     "--unfreeze-every", "1", "--output", out, "--verbose", "0"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "mcc:" in printed and "± " in printed
@@ -71,5 +72,6 @@ def test_cli_train_seeds_reports_and_keeps_best(encoder2, vocab_file, sentiment_
     with open(os.path.join(out, "run_config.json")) as f:
         config = json.load(f)
     assert config["bias_correction"] is False and config["layer_decay"] == 0.8
+    assert config["reinit_layers"] == 1 and config["unfreeze_every"] == 1
     assert os.path.isfile(os.path.join(out, "export", "saved_model.pb"))
     assert os.path.isfile(os.path.join(out, "checkpoints", "ckpt-best.index"))
