@@ -36,6 +36,13 @@ _EXPORTS = {
     "fine_tune_tagging": "tasks",
     "fine_tune_qa": "tasks",
     "fine_tune_summarization": "tasks",
+    "layer_multipliers": "layerwise",
+    "GradualUnfreezing": "unfreeze",
+    "run_seeds": "seeds",
+    "sweep_layers": "sweep",
+    "diff_models": "diff",
+    "probe_layers": "probe",
+    "linear_cka": "representations",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -11,6 +11,7 @@ import os
 import sys
 from typing import List, Optional
 
+from keras_bert_ft import research_cli
 from keras_bert_ft.errors import KbftError, bad_argument
 
 # Flags whose names differ from FineTuneConfig fields.
@@ -58,7 +59,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             kwargs["type"] = type(field.default)
         elif field.name in ("max_train_examples", "max_eval_examples", "steps_per_execution"):
             kwargs["type"] = int
-        elif field.name == "learning_rate":
+        elif field.name in ("learning_rate", "encoder_learning_rate", "clip_norm"):
             kwargs["type"] = float
         parser.add_argument(flag, **kwargs)
     parser.add_argument("--cased", action="store_true",
@@ -81,6 +82,9 @@ def cmd_train(args) -> int:
     config = _config_from_args(args)
     if not config.output_dir:
         raise bad_argument("output", None, "a folder for checkpoints, logs and the export")
+    if args.seeds:
+        from keras_bert_ft.research_cli import cmd_train_seeds
+        return cmd_train_seeds(args, config)
     result = fine_tune(args.train, args.validation, config)
     paths = save_run(result, config.output_dir)
     if not paths:  # a non-chief worker: the chief writes the run folder
@@ -212,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(train)
     from keras_bert_ft.tasks.cli import add_task_arguments
     add_task_arguments(train)
+    research_cli.add_train_flags(train)
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="metrics of an export on a labelled file")
@@ -261,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Checks this environment; exits 1 when a finding is an error.")
     doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
     doctor.set_defaults(func=cmd_doctor)
+    research_cli.add_commands(sub, _add_config_flags, _add_column_flags, _config_from_args)
     return parser
 
 

@@ -112,6 +112,10 @@ class HubEncoder(hub.KerasLayer):
         train_pooler: whether the pooler dense layer trains.
         layer_pattern: a regex with one group capturing the layer index, for encoders
             whose variables are named differently from the TF2 / TF1 BERT names.
+        reinit_layers: re-initialise the top k transformer layers with BERT's init
+            (truncated normal 0.02, biases 0, LayerNorm 1/0) after loading.
+        reinit_pooler: re-initialise the pooler too; `None` means "when reinit_layers > 0".
+        reinit_seed: seed of the re-initialisation draws.
 
     Example:
         >>> encoder = HubEncoder("minilm-l6", trainable_layers=2)
@@ -120,7 +124,9 @@ class HubEncoder(hub.KerasLayer):
 
     def __init__(self, handle: str, *, trainable_layers: TrainableSpec = "all",
                  train_embeddings: Optional[bool] = None, train_pooler: bool = True,
-                 layer_pattern: Optional[str] = None, name: str = "encoder", **kwargs):
+                 layer_pattern: Optional[str] = None, reinit_layers: int = 0,
+                 reinit_pooler: Optional[bool] = None, reinit_seed: Optional[int] = None,
+                 name: str = "encoder", **kwargs):
         if not isinstance(handle, str) or not handle:
             raise bad_argument("handle", handle,
                                "a preset name, URL, local folder or gs:// path")
@@ -140,6 +146,20 @@ class HubEncoder(hub.KerasLayer):
         self._trainable_groups = set()
         self.set_trainable_layers(trainable_layers, train_embeddings=train_embeddings,
                                   train_pooler=train_pooler)
+        self.reinitialized_groups = []
+        if reinit_layers or reinit_pooler:
+            self.reinitialize(reinit_layers, pooler=reinit_pooler, seed=reinit_seed)
+
+    def reinitialize(self, top_k: int, *, pooler: Optional[bool] = None,
+                     seed: Optional[int] = None) -> List[str]:
+        """Re-initialises the top `top_k` layers (and the pooler) with BERT's init."""
+        from keras_bert_ft.reinit import reinitialize
+        if top_k:
+            self._require_layers(f"reinit_layers={top_k!r}")
+        chosen = reinitialize(self._groups, top_k, seed=seed,
+                              pooler=bool(top_k) if pooler is None else pooler)
+        self.reinitialized_groups = chosen
+        return chosen
 
     # ----------------------------------------------------------------- structure
     @property

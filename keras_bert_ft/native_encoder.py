@@ -36,7 +36,8 @@ class NotRecognised(KbftError):
 class NativeEncoder(keras.layers.Layer):
     """A BERT encoder from a TF-Hub SavedModel, rebuilt natively; HubEncoder's interface.
 
-    Args: as `HubEncoder` (handle, trainable_layers, train_embeddings, train_pooler).
+    Args: as `HubEncoder` (handle, trainable_layers, train_embeddings, train_pooler,
+        reinit_layers, reinit_pooler, reinit_seed).
     Raises `NotRecognised` when the SavedModel's variables are not tf-models' BERT layout.
 
     Example:
@@ -65,6 +66,9 @@ class NativeEncoder(keras.layers.Layer):
         self._trainable_groups = set()
         self.set_trainable_layers(trainable_layers, train_embeddings=train_embeddings,
                                   train_pooler=train_pooler)
+        self.reinitialized_groups = []
+        if reinit_layers or reinit_pooler:
+            self.reinitialize(reinit_layers, pooler=reinit_pooler, seed=reinit_seed)
 
     def call(self, inputs, training=None):
         return self.bert(inputs, training=training)
@@ -79,6 +83,7 @@ class NativeEncoder(keras.layers.Layer):
     trainable_weights = HubEncoder.trainable_weights
     trainable_report = HubEncoder.trainable_report
     report_rows = HubEncoder.report_rows
+    reinitialize = HubEncoder.reinitialize
     _require_layers = HubEncoder._require_layers
 
     @property

@@ -5,7 +5,7 @@ small data (Mosbach et al. 2021), so it is on by default and a switch for ablati
 """
 
 import re
-from typing import Sequence
+from typing import Mapping, Optional, Sequence
 
 import tensorflow as tf
 
@@ -44,16 +44,26 @@ class AdamW(keras.optimizers.Optimizer):
 
     Slots are created per variable as variables first arrive, so the set of trainable
     variables may grow between `fit` calls (gradual unfreezing, `set_trainable_layers`).
+
+    `learning_rate_multipliers` maps variable names (without `:0`) to a factor of the
+    learning rate, for layer-wise rates (`layerwise.layer_multipliers`); other variables
+    take the rate as is. The factor scales the Adam step and the weight decay alike, and
+    is a Python float fixed per variable, so it traces into `model.fit`'s step under any
+    strategy and under XLA.
     """
 
     def __init__(self, learning_rate=2e-5, weight_decay=0.01, beta_1=0.9, beta_2=0.999,
                  epsilon=1e-6, bias_correction=True,
                  exclude_from_weight_decay: Sequence[str] = DEFAULT_DECAY_EXCLUDE,
+                 learning_rate_multipliers: Optional[Mapping[str, float]] = None,
                  name="AdamW", **kwargs):
         super().__init__(name=name, weight_decay=weight_decay, **kwargs)
         self._learning_rate = self._build_learning_rate(learning_rate)
         self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
         self.bias_correction = bool(bias_correction)
+        self.learning_rate_multipliers = {
+            str(k): float(v) for k, v in (learning_rate_multipliers or {}).items()}
+        self._multipliers = {}  # variable key -> factor, filled as variables arrive
         self.exclude_from_weight_decay(
             var_names=[re.escape(n) for n in exclude_from_weight_decay])
 
@@ -67,15 +77,27 @@ class AdamW(keras.optimizers.Optimizer):
             if key in self._index_dict:
                 continue
             self._index_dict[key] = len(self._momentums)
+            self._multipliers[key] = self.multiplier(var)
             self._momentums.append(self.add_variable_from_reference(var, "m"))
             self._velocities.append(self.add_variable_from_reference(var, "v"))
+
+    def multiplier(self, variable) -> float:
+        """The factor of the learning rate this variable trains at."""
+        return self.learning_rate_multipliers.get(variable.name.split(":")[0], 1.0)
+
+    def _apply_weight_decay(self, variables):
+        """Weight decay happens in `update_step`, scaled by each variable's factor."""
 
     def update_step(self, gradient, variable):
         if isinstance(gradient, tf.IndexedSlices):
             gradient = tf.convert_to_tensor(gradient)
         dtype = variable.dtype
-        lr = tf.cast(self.learning_rate, dtype)
-        index = self._index_dict[self._var_key(variable)]
+        key = self._var_key(variable)
+        lr = tf.cast(self.learning_rate, dtype) * self._multipliers.get(key, 1.0)
+        if self.weight_decay is not None and self._use_weight_decay(variable):
+            # Decoupled: shrink by lr x decay before the Adam step, like Keras does.
+            variable.assign_sub(variable * tf.cast(self.weight_decay, dtype) * lr)
+        index = self._index_dict[key]
         m, v = self._momentums[index], self._velocities[index]
         m.assign(self.beta_1 * m + (1.0 - self.beta_1) * gradient)
         v.assign(self.beta_2 * v + (1.0 - self.beta_2) * tf.square(gradient))
@@ -89,17 +111,21 @@ class AdamW(keras.optimizers.Optimizer):
         config = super().get_config()
         config.update(learning_rate=self._serialize_hyperparameter(self._learning_rate),
                       beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon,
-                      bias_correction=self.bias_correction)
+                      bias_correction=self.bias_correction,
+                      learning_rate_multipliers=dict(self.learning_rate_multipliers))
         return config
 
 
 def create_optimizer(learning_rate: float = 2e-5, *, total_steps: int,
                      warmup_ratio: float = 0.1, weight_decay: float = 0.01,
                      bias_correction: bool = True, clipnorm=None,
-                     epsilon: float = 1e-6) -> AdamW:
+                     epsilon: float = 1e-6, global_clipnorm: Optional[float] = None,
+                     learning_rate_multipliers: Optional[Mapping[str, float]] = None) -> AdamW:
     """AdamW with linear warmup over `warmup_ratio` of `total_steps`, then linear decay.
 
-    Weight decay skips LayerNorm parameters and biases.
+    Weight decay skips LayerNorm parameters and biases. `global_clipnorm` clips the
+    gradients of all variables together to that norm (BERT: 1.0); `clipnorm` clips each
+    variable's gradient alone. `learning_rate_multipliers`: see `AdamW`.
     """
     if not learning_rate > 0:
         raise bad_argument("learning_rate", learning_rate, "a float > 0")
@@ -109,7 +135,11 @@ def create_optimizer(learning_rate: float = 2e-5, *, total_steps: int,
         raise bad_argument("warmup_ratio", warmup_ratio, "a float in [0, 1)")
     if weight_decay < 0:
         raise bad_argument("weight_decay", weight_decay, "a float >= 0")
+    if global_clipnorm is not None and not global_clipnorm > 0:
+        raise bad_argument("clip_norm", global_clipnorm, "a float > 0, or None for no clipping")
     schedule = WarmupLinearDecay(learning_rate, total_steps,
                                  int(round(total_steps * warmup_ratio)))
     return AdamW(schedule, weight_decay=weight_decay or None,
-                 bias_correction=bias_correction, clipnorm=clipnorm, epsilon=epsilon)
+                 bias_correction=bias_correction, clipnorm=clipnorm, epsilon=epsilon,
+                 global_clipnorm=global_clipnorm,
+                 learning_rate_multipliers=learning_rate_multipliers)

@@ -93,6 +93,18 @@ class FineTuneConfig:
                                "same command again resumes from the last one (0: no backups)")
     tpu_address: str = _field("", 'TPU to use: "" finds Colab\'s or $TPU_NAME, "local" is a '
                               "Cloud TPU VM's own, else a TPU name or grpc:// address")
+    # The stability and research switches (issue 6).
+    encoder_learning_rate: Optional[float] = _field(
+        None, "peak rate of the encoder's top layer and pooler (default: learning_rate, "
+        "which the head always uses)")
+    layer_decay: float = _field(1.0, "layer-wise rate decay: k layers below the top train at "
+                                "the encoder rate x decay^k, embeddings at x decay^L")
+    bias_correction: bool = _field(True, "Adam bias correction (false: the original BERTAdam)")
+    clip_norm: Optional[float] = _field(None, "clip gradients to this global norm (BERT: 1.0)")
+    reinit_layers: int = _field(0, "re-initialise the top k layers and the pooler (BERT init)")
+    unfreeze_every: int = _field(0, "gradual unfreezing: one more layer from the top every N "
+                                 "unfreeze_units, from trainable_layers (0: off)")
+    unfreeze_unit: str = _field("epoch", "epoch or step")
 
     def validate(self) -> "FineTuneConfig":
         for name in ("epochs", "batch_size", "steps_per_execution"):
@@ -116,7 +128,30 @@ class FineTuneConfig:
         value = self.backup_steps
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise bad_argument("backup_steps", value, "an int >= 0")
+        validate_research_fields(self)
         return self
+
+
+def validate_research_fields(config: "FineTuneConfig") -> None:
+    """Checks the layer-wise rate, re-init and gradual-unfreezing fields."""
+    from keras_bert_ft.layerwise import check_rates
+    from keras_bert_ft.unfreeze import UNITS
+    rate = config.encoder_learning_rate
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float))
+                             or not rate > 0):
+        raise bad_argument("encoder_learning_rate", rate, "a float > 0, or None")
+    check_rates(config.layer_decay, 1.0)
+    for name in ("reinit_layers", "unfreeze_every"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise bad_argument(name, value, "an int >= 0")
+    if config.unfreeze_unit not in UNITS:
+        raise bad_argument("unfreeze_unit", config.unfreeze_unit, f"one of {', '.join(UNITS)}")
+    if config.unfreeze_every and not (config.trainable_layers == "none"
+                                      or isinstance(config.trainable_layers, int)):
+        raise bad_argument("trainable_layers", config.trainable_layers,
+                           "'none' or an int k (the layers trainable before gradual "
+                           "unfreezing adds more)")
 
 
 class ThroughputCallback(keras.callbacks.Callback):
@@ -305,14 +340,19 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
         encoder = make_encoder(config.encoder, config.encoder_impl,
                                trainable_layers=config.trainable_layers,
                                train_embeddings=config.train_embeddings,
+                               reinit_layers=config.reinit_layers, reinit_seed=config.seed,
                                **tpu.encoder_load_kwargs(config.encoder, strategy))
         check_seq_length(config.seq_length, encoder.max_seq_length)
         model = build_classifier(encoder, num_classes, head_units=tuple(config.head_units),
                                  dropout=config.dropout, pooling=resolve_pooling(config))
+        multipliers = learning_rate_multipliers(model, config)
         optimizer = create_optimizer(resolve_learning_rate(config),
                                      total_steps=steps_per_epoch * config.epochs,
                                      warmup_ratio=config.warmup_ratio,
-                                     weight_decay=config.weight_decay)
+                                     weight_decay=config.weight_decay,
+                                     bias_correction=config.bias_correction,
+                                     global_clipnorm=config.clip_norm,
+                                     learning_rate_multipliers=multipliers)
         model.compile(optimizer=optimizer,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
@@ -323,6 +363,9 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
     preprocessor = default_preprocessor(encoder, config)
     if config.verbose:
         print(model.trainable_report())
+        if multipliers:
+            from keras_bert_ft.layerwise import format_rates, rate_rows
+            print(format_rates(rate_rows(model, resolve_learning_rate(config), multipliers)))
     padding = resolve_padding(config.padding, strategy)
     drop_remainder = padding == "static"
     epoch_steps = epoch_batches(train_ex, preprocessor, batch_size=config.batch_size,
@@ -343,7 +386,8 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
             padding="static" if padding == "static" else "dynamic")
     throughput = ThroughputCallback(config.batch_size, len(train_ex))
     guard = backup.callbacks() if backup else [StopOnNonFiniteLoss()]
-    all_callbacks = [*guard, throughput, *_output_callbacks(config.output_dir), *callbacks]
+    all_callbacks = [*guard, throughput, *_output_callbacks(config.output_dir),
+                     *_unfreezing_callbacks(config), *callbacks]
     history = model.fit(train.data, steps_per_epoch=train.steps_per_epoch,
                         validation_data=val_ds, epochs=config.epochs,
                         callbacks=all_callbacks, verbose=config.verbose)
@@ -354,6 +398,7 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
         metrics = classification_metrics(val_ex.labels, probs.argmax(-1), num_classes)
         metrics["eval_loss"] = float(np.mean(-np.log(np.maximum(
             probs[np.arange(len(probs)), val_ex.labels], 1e-12))))
+        metrics["predicted_classes"] = int(len(np.unique(probs.argmax(-1))))
         metrics["eval_examples"] = len(val_ex)
     metrics["train_examples"] = len(train_ex)
     metrics["train_examples_per_second"] = round(throughput.examples_per_second, 2)
@@ -376,6 +421,26 @@ def precision_policy(name: Optional[str]):
         yield
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+def learning_rate_multipliers(model, config: FineTuneConfig):
+    """Per-variable rate factors for layer-wise decay / a separate encoder rate, or None."""
+    base = resolve_learning_rate(config)
+    ratio = (config.encoder_learning_rate or base) / base
+    if config.layer_decay == 1.0 and ratio == 1.0:
+        return None
+    from keras_bert_ft.layerwise import layer_multipliers
+    return layer_multipliers(model, layer_decay=config.layer_decay, encoder_rate=ratio)
+
+
+def _unfreezing_callbacks(config: FineTuneConfig):
+    if not config.unfreeze_every:
+        return []
+    from keras_bert_ft.unfreeze import GradualUnfreezing
+    start = 0 if config.trainable_layers == "none" else config.trainable_layers
+    return [GradualUnfreezing(config.unfreeze_every, config.unfreeze_unit, start_layers=start,
+                              unfreeze_embeddings=bool(config.train_embeddings),
+                              verbose=config.verbose)]
 
 
 def _output_callbacks(output_dir: Optional[str]):

@@ -1,0 +1,180 @@
+"""Per-layer representations of an encoder: load it from any source, run it on texts, compare.
+
+A source is a pretrained encoder (preset, URL, folder), a `kbft train` run folder (its
+latest checkpoint) or a keras_bert_ft export; each gives back a `HubEncoder` holding that
+source's weights, and the preprocessor that goes with it. `layer_features` reads the
+per-layer outputs every TF-Hub BERT encoder built by the Model Garden exposes
+(`encoder_outputs`); `LinearCKA` compares two sets of representations (Kornblith et al.
+2019) accumulated batch by batch, so the token count is not bounded by memory.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Iterator, List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from keras_bert_ft.errors import KbftError, bad_argument
+
+REPRESENTATIONS = ("tokens", "cls", "mean")
+
+
+@dataclasses.dataclass
+class LoadedEncoder:
+    """An encoder with a source's weights, its preprocessor and what the source was."""
+    encoder: object
+    preprocessor: object
+    kind: str  # "pretrained", "run" or "export"
+    source: str
+    handle: str
+
+
+def load_encoder(source: str, *, seq_length: int = 128) -> LoadedEncoder:
+    """A `HubEncoder` with the weights of `source` (pretrained handle, run folder, export)."""
+    from keras_bert_ft.encoder import HubEncoder
+    from keras_bert_ft.training import FineTuneConfig, default_preprocessor
+    if not isinstance(source, str) or not source:
+        raise bad_argument("model", source, "a preset, encoder folder, run folder or export")
+    if os.path.isfile(os.path.join(source, "run_config.json")):
+        kind, config, encoder = "run", *_encoder_from_run(source)
+    elif os.path.isfile(os.path.join(source, "kbft_export.json")):
+        kind, config, encoder = "export", *_encoder_from_export(source)
+    else:
+        kind, config = "pretrained", FineTuneConfig(encoder=source)
+        encoder = HubEncoder(source)
+    config = dataclasses.replace(config, seq_length=seq_length)
+    return LoadedEncoder(encoder=encoder, preprocessor=default_preprocessor(encoder, config),
+                         kind=kind, source=source, handle=config.encoder)
+
+
+def _encoder_from_run(run_dir: str):
+    from keras_bert_ft.encoder import HubEncoder
+    from keras_bert_ft.models import build_classifier
+    from keras_bert_ft.training import FineTuneConfig, _latest_weights, resolve_pooling
+    with open(os.path.join(run_dir, "run_config.json")) as f:
+        saved = json.load(f)
+    fields = {f.name for f in dataclasses.fields(FineTuneConfig)}
+    config = FineTuneConfig(**{k: v for k, v in saved.items() if k in fields})
+    folder = os.path.join(run_dir, "checkpoints")
+    checkpoint = tf.train.latest_checkpoint(folder) or _latest_weights(folder)
+    if checkpoint is None:
+        raise bad_argument("model", run_dir, "a run folder with checkpoints/ (none found)")
+    encoder = HubEncoder(config.encoder)
+    model = build_classifier(encoder, len(saved["label_names"]),
+                             head_units=tuple(config.head_units), dropout=config.dropout,
+                             pooling=resolve_pooling(config))
+    model.load_weights(checkpoint).expect_partial()
+    return config, encoder
+
+
+def _encoder_from_export(export_dir: str):
+    from keras_bert_ft.encoder import HubEncoder
+    from keras_bert_ft.export import load_export, read_metadata
+    from keras_bert_ft.training import FineTuneConfig
+    meta = read_metadata(export_dir)
+    if not meta.get("encoder"):
+        raise bad_argument("model", export_dir, "an export whose metadata names its encoder")
+    encoder = HubEncoder(meta["encoder"])
+    loaded = load_export(export_dir)
+    values = {v.name: v for v in getattr(loaded, "model", loaded).variables}
+    missing = [v.name for v in encoder.weights if v.name not in values]
+    if missing:
+        raise KbftError(f"Export {export_dir!r} lacks encoder variables of "
+                        f"{meta['encoder']!r}, e.g. {missing[0]!r}.")
+    for variable in encoder.weights:
+        variable.assign(values[variable.name])
+    return FineTuneConfig(encoder=meta["encoder"]), encoder
+
+
+def encode_texts(preprocessor, texts: List[str], texts_pair=None):
+    """Token ids for all texts, cut to the longest real length among them."""
+    from keras_bert_ft.preprocessing import trim_to_longest
+    pair = None if texts_pair is None else tf.constant(list(texts_pair))
+    return trim_to_longest(preprocessor(tf.constant(list(texts)), pair))
+
+
+def layer_features(encoder, features, *, representation: str = "cls",
+                   batch_size: int = 64) -> Iterator[List[np.ndarray]]:
+    """Per batch, one array per layer: `[CLS]` or masked-mean vectors `[batch, hidden]`,
+    or every real token's vector (`tokens`, `[real tokens, hidden]`)."""
+    if representation not in REPRESENTATIONS:
+        raise bad_argument("representation", representation,
+                           f"one of {', '.join(REPRESENTATIONS)}")
+    run = tf.function(lambda f: _encoder_outputs(encoder, f))
+    total = int(features["input_word_ids"].shape[0])
+    for start in range(0, total, batch_size):
+        batch = {k: v[start:start + batch_size] for k, v in features.items()}
+        outputs = run(batch)
+        mask = batch["input_mask"].numpy().astype(bool)
+        yield [_pool(out.numpy(), mask, representation) for out in outputs]
+
+
+def _encoder_outputs(encoder, features):
+    outputs = encoder(features, training=False)
+    if not isinstance(outputs, dict) or "encoder_outputs" not in outputs:
+        raise KbftError(
+            "This encoder does not expose per-layer outputs ('encoder_outputs'); TF-Hub "
+            "BERT encoders from the TF Model Garden (and `kbft convert`) do.")
+    return list(outputs["encoder_outputs"])
+
+
+def _pool(values: np.ndarray, mask: np.ndarray, representation: str) -> np.ndarray:
+    if representation == "cls":
+        return values[:, 0]
+    if representation == "mean":
+        weights = mask[:, :, None].astype(values.dtype)
+        return (values * weights).sum(1) / np.maximum(weights.sum(1), 1.0)
+    return values[mask]
+
+
+def all_layer_features(encoder, features, *, representation: str = "cls",
+                       batch_size: int = 64) -> List[np.ndarray]:
+    """`layer_features` gathered over all batches: one `[examples, hidden]` array per layer."""
+    per_layer: Optional[List[list]] = None
+    for batch in layer_features(encoder, features, representation=representation,
+                                batch_size=batch_size):
+        per_layer = per_layer or [[] for _ in batch]
+        for i, values in enumerate(batch):
+            per_layer[i].append(values)
+    return [np.concatenate(v) for v in per_layer or []]
+
+
+class LinearCKA:
+    """Linear CKA between paired rows of X and Y, accumulated batch by batch (float64).
+
+    CKA = ||Xc^T Yc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F) with Xc, Yc column-centred;
+    the centred cross-products are recovered from running sums, so it needs
+    O(hidden^2) memory whatever the number of rows.
+    """
+
+    def __init__(self):
+        self.n = 0
+        self.sx = self.sy = self.xx = self.yy = self.xy = 0.0
+
+    def update(self, x: np.ndarray, y: np.ndarray) -> None:
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"CKA needs paired rows: {x.shape[0]} vs {y.shape[0]}")
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        self.n += x.shape[0]
+        self.sx = self.sx + x.sum(0)
+        self.sy = self.sy + y.sum(0)
+        self.xx = self.xx + x.T @ x
+        self.yy = self.yy + y.T @ y
+        self.xy = self.xy + x.T @ y
+
+    def value(self) -> float:
+        n = float(self.n)
+        xx = self.xx - np.outer(self.sx, self.sx) / n
+        yy = self.yy - np.outer(self.sy, self.sy) / n
+        xy = self.xy - np.outer(self.sx, self.sy) / n
+        denom = np.linalg.norm(xx) * np.linalg.norm(yy)
+        return float(np.linalg.norm(xy) ** 2 / denom) if denom > 0 else 0.0
+
+
+def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Linear CKA of two `[n, features]` arrays with paired rows."""
+    cka = LinearCKA()
+    cka.update(x, y)
+    return cka.value()

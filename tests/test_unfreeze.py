@@ -1,0 +1,98 @@
+"""GradualUnfreezing: exactly the expected variables change at each stage, by steps and by
+epochs, under MirroredStrategy too, and the optimizer keeps the slots it had."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_bert_ft._keras import keras
+from keras_bert_ft.encoder import HubEncoder
+from keras_bert_ft.errors import KbftError
+from keras_bert_ft.models import build_classifier
+from keras_bert_ft.optimization import AdamW
+from keras_bert_ft.preprocessing import Preprocessor
+from keras_bert_ft.unfreeze import GradualUnfreezing
+
+
+class Snapshots(keras.callbacks.Callback):
+    """Weights after every step (or epoch), plus the head kernel's Adam slot."""
+
+    def __init__(self, per: str):
+        super().__init__()
+        self.per, self.values, self.slots = per, [], []
+
+    def _take(self):
+        self.values.append({v.name: v.numpy().copy() for v in self.model.variables})
+        opt, head = self.model.optimizer, self.model.get_layer("logits").kernel
+        self.slots.append(opt._momentums[opt._index_dict[opt._var_key(head)]])
+
+    def on_train_begin(self, logs=None):
+        self.values.append({v.name: v.numpy().copy() for v in self.model.variables})
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.per == "step":
+            self._take()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.per == "epoch":
+            self._take()
+
+
+def _changed(before, after, model):
+    groups = {g: {v.name for v in vs} for g, vs in model.encoder.layer_groups().items()}
+    changed = {n for n in before if not np.array_equal(before[n], after[n])}
+    result = {g for g, names in groups.items() if names & changed}
+    for g in result:
+        assert groups[g] <= changed, f"{g} changed only in part"
+    return result | ({"head"} if changed - set().union(*groups.values()) else set())
+
+
+def _fit(encoder, vocab_file, strategy, callback, epochs, per):
+    with strategy.scope():
+        model = build_classifier(HubEncoder(encoder, trainable_layers="none"), 2)
+        model.compile(optimizer=AdamW(1e-2, weight_decay=None),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pre = Preprocessor.from_vocab(vocab_file, seq_length=12)
+    features = pre(tf.constant(["the movie was good", "bad plot", "great fun", "awful"] * 4))
+    data = tf.data.Dataset.from_tensor_slices((features, tf.constant([1, 0, 1, 0] * 4))).batch(8)
+    snapshots = Snapshots(per)
+    model.fit(data, epochs=epochs, callbacks=[callback, snapshots], verbose=0)
+    stages = [_changed(a, b, model) for a, b in zip(snapshots.values, snapshots.values[1:])]
+    return model, stages, snapshots
+
+
+def test_unfreezes_one_layer_every_two_steps(encoder4, vocab_file):
+    callback = GradualUnfreezing(every=2, unit="step", max_layers=2)
+    _, stages, snaps = _fit(encoder4, vocab_file, tf.distribute.get_strategy(), callback,
+                            epochs=3, per="step")  # 2 steps per epoch
+    head = {"pooler", "head"}
+    assert stages == [head, head, head | {"layer_3"}, head | {"layer_3"},
+                      head | {"layer_2", "layer_3"}, head | {"layer_2", "layer_3"}]
+    assert [s[2] for s in callback.stages] == [0, 1, 2]  # max_layers=2: no third stage
+    assert all(slot is snaps.slots[0] for slot in snaps.slots)  # Adam state kept
+
+
+def test_unfreezes_by_epoch_under_mirrored_strategy(encoder2, vocab_file):
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    callback = GradualUnfreezing(every=1, unit="epoch", start_layers=1,
+                                 unfreeze_embeddings=True)
+    model, stages, snaps = _fit(encoder2, vocab_file, strategy, callback, epochs=3, per="epoch")
+    head = {"pooler", "head"}
+    # Both layers of two, then the embeddings.
+    assert stages == [head | {"layer_1"}, head | {"layer_0", "layer_1"},
+                      head | {"embeddings", "layer_0", "layer_1"}]
+    assert all(slot is snaps.slots[0] for slot in snaps.slots)
+    assert not np.all(snaps.slots[0].numpy() == 0)
+    opt = model.optimizer
+    trained = {opt._var_key(v) for v in model.trainable_variables}
+    assert trained <= set(opt._index_dict)
+
+
+def test_errors_bad_arguments(encoder2):
+    with pytest.raises(KbftError, match="Received: unfreeze_every=0"):
+        GradualUnfreezing(every=0)
+    with pytest.raises(KbftError, match="Received: unfreeze_unit='batch'"):
+        GradualUnfreezing(unit="batch")
+    callback = GradualUnfreezing(start_layers=9, encoder=HubEncoder(encoder2))
+    with pytest.raises(KbftError, match="Received: start_layers=9"):
+        callback._limit()
