@@ -43,13 +43,14 @@ def loss_and_metrics(task: str) -> Tuple[keras.losses.Loss, list]:
     return keras.losses.MeanSquaredError(), []
 
 
-def check_labels(task: str, labels: np.ndarray, label_names: Sequence[str], where: str):
-    """Training labels a task can learn from, else a `KbftError` naming `where`."""
+def check_labels(task: str, examples, where: str) -> None:
+    """Training `Examples` a task can learn from, else a `KbftError` naming `where`."""
+    labels = examples.labels
     if check_task(task) == "classification" and len(set(labels.tolist())) < 2:
-        raise bad_argument(where, "<data>", "training data with at least two different "
-                           f"labels (found only {list(label_names)})")
+        raise bad_argument(where, examples.source, "training data with at least two "
+                           f"different labels (found only {examples.label_names})")
     if task == "regression" and float(np.ptp(labels)) == 0.0:
-        raise bad_argument(where, "<data>", "regression targets that vary (all are "
+        raise bad_argument(where, examples.source, "regression targets that vary (all are "
                            f"{float(labels[0])})")
 
 

@@ -38,9 +38,6 @@ def _field(default, help: str):
 @dataclasses.dataclass
 class FineTuneConfig:
     """Everything a fine-tuning run needs; each field's help is the CLI's help."""
-    task: str = _field("classification", "classification (one label, softmax), multilabel "
-                       "(a sigmoid per label, thresholds tuned on validation) or regression "
-                       "(one score, MSE)")
     encoder: str = _field("minilm-l6", "encoder preset name, TF-Hub URL, local folder or gs:// path")
     preprocessor: Optional[str] = _field(
         None, "vocab.txt, preprocessor handle or preset; default: the encoder's own")
@@ -49,6 +46,9 @@ class FineTuneConfig:
     text_pair_column: Optional[str] = _field(None, "column holding the second text of a pair")
     label_column: str = _field("label", "column holding the label")
     label_separator: str = _field(",", "separates label names in a multilabel label cell")
+    task: str = _field("classification", "classification (one label, softmax), multilabel "
+                       "(a sigmoid per label, thresholds tuned on validation) or regression "
+                       "(one score, MSE)")
     epochs: int = _field(3, "passes over the training data")
     batch_size: int = _field(32, "global batch size (split across replicas)")
     learning_rate: float = _field(5e-5, "peak learning rate after warmup")
@@ -246,7 +246,7 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
     train_ex = _as_examples(train, config)
     if config.max_train_examples:
         train_ex = train_ex.take(config.max_train_examples)
-    sentence_tasks.check_labels(config.task, train_ex.labels, train_ex.label_names, "train")
+    sentence_tasks.check_labels(config.task, train_ex, "train")
     val_ex = None
     if validation is not None:
         val_ex = _as_examples(validation, config, train_ex.label_names)
