@@ -97,17 +97,19 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from keras_bert_ft import data as data_lib
+    from keras_bert_ft import sentence_tasks
     from keras_bert_ft.export import load_export, predict_export, read_metadata
-    from keras_bert_ft.metrics import classification_metrics
     meta = read_metadata(args.model)
+    task = meta.get("task", "classification")
     examples = data_lib.load_examples(
         args.data, text_column=args.text_column, label_column=args.label_column,
         text_pair_column=args.text_pair_column, label_names=meta["label_names"],
-        encoding=args.encoding)
+        encoding=args.encoding, task=task, label_separator=meta.get("label_separator", ","))
     _check_pair(meta, examples.texts_pair is not None)
     outputs = predict_export(load_export(args.model), examples.texts, examples.texts_pair)
-    metrics = classification_metrics(examples.labels, outputs["label_id"],
-                                     len(meta["label_names"]))
+    metrics = sentence_tasks.evaluate(task, examples.labels,
+                                      outputs[sentence_tasks.output_key(task)],
+                                      meta["label_names"], meta.get("thresholds"))
     metrics["eval_examples"] = len(examples)
     print(json.dumps(metrics, indent=2))
     if args.output:
@@ -140,9 +142,7 @@ def cmd_predict(args) -> int:
     out = open(args.output, "w") if args.output else sys.stdout
     try:
         for i, text in enumerate(texts):
-            row = {"text": text, "label": outputs["label"][i].decode(),
-                   "probabilities": dict(zip(meta["label_names"],
-                                             map(float, outputs["probabilities"][i])))}
+            row = {"text": text, **_prediction_row(meta, outputs, i)}
             if pairs is not None:
                 row["text_pair"] = pairs[i]
             out.write(json.dumps(row) + "\n")
@@ -150,6 +150,20 @@ def cmd_predict(args) -> int:
         if args.output:
             out.close()
     return 0
+
+
+def _prediction_row(meta: dict, outputs: dict, i: int) -> dict:
+    """One example's prediction as JSON-ready values, by the export's task."""
+    task = meta.get("task", "classification")
+    if task == "regression":
+        return {"score": float(outputs["score"][i])}
+    row = {"probabilities": dict(zip(meta["label_names"],
+                                     map(float, outputs["probabilities"][i])))}
+    if task == "multilabel":
+        chosen = outputs["labels"][i].decode()
+        return {"labels": chosen.split(meta.get("label_separator", ",")) if chosen else [],
+                **row}
+    return {"label": outputs["label"][i].decode(), **row}
 
 
 def _check_pair(meta: dict, has_pair: bool) -> None:
@@ -207,11 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kbft", description="Fine-tune BERT-family TF-Hub encoders (keras_bert_ft).")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="fine-tune a classifier and export it",
+    train = sub.add_parser("train", help="fine-tune a classifier (or multilabel / regression "
+                           "model: --task) and export it",
                            description="Fine-tune an encoder + head on a labelled file; "
                            "writes checkpoints, logs/, history.json, history.png, "
                            "metrics.json and export/ under --output.")
-    train.add_argument("--train", required=True, help="training file (CSV, TSV, JSON lines) or tfds:<name>")
+    train.add_argument("--train", required=True, help="training file (CSV, TSV, JSON lines), "
+                       "tfds:<name>, or a dataset in its own format: mrpc:<path>, "
+                       "trec:<path>, trec-fine:<path>, cola:<path>")
     train.add_argument("--validation", help="validation file; its metrics go to metrics.json")
     _add_config_flags(train)
     from keras_bert_ft.tasks.cli import add_task_arguments

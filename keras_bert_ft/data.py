@@ -3,6 +3,9 @@
 Files are read with pandas: CSV, TSV (quoting off: SST-2 sentences contain `"`),
 JSON lines. Strings like "NA" or "null" stay text. String labels are mapped to ids and
 the label names kept, so predictions and exports can speak the user's labels.
+Multi-label labels become multi-hot rows, regression labels floats. `"mrpc:<path>"`,
+`"trec:<path>"`, `"trec-fine:<path>"` and `"cola:<path>"` read those datasets' own
+formats (see `readers.py`).
 """
 
 import csv
@@ -14,10 +17,12 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from keras_bert_ft import readers
 from keras_bert_ft.errors import KbftError, bad_argument
 from keras_bert_ft.preprocessing import trim_to_longest
 
 FORMATS = ("csv", "tsv", "jsonl")
+TASKS = ("classification", "multilabel", "regression")
 PADDINGS = ("bucketed", "dynamic", "static")
 # Datasets up to this many tokens (examples x seq_length; ~240 MB of int32 ids) are
 # tokenised once and kept in memory; larger ones are tokenised on the fly every epoch.
@@ -28,7 +33,10 @@ _SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
 
 @dataclasses.dataclass
 class Examples:
-    """Texts (and second texts for pairs), integer labels and the label names."""
+    """Texts (and second texts for pairs), labels and the label names.
+
+    Labels are int ids (classification), multi-hot float rows `[n, num_labels]`
+    (multilabel) or float scores (regression, one label name: the score's)."""
     texts: List[str]
     labels: Optional[np.ndarray]
     label_names: List[str]
@@ -68,6 +76,9 @@ def read_table(source, *, format: Optional[str] = None, encoding: str = "utf-8-s
         raise bad_argument("data", type(source).__name__,
                            "a file path, a DataFrame, a dict of lists or a list of dicts")
     source = os.fspath(source)
+    named = readers.split_spec(source)
+    if named:
+        return readers.read_named(*named)
     if source.startswith("tfds:"):
         return _read_tfds(source[5:], split)
     if not os.path.isfile(source):
@@ -105,15 +116,24 @@ def load_examples(source, *, text_column: str, label_column: Optional[str] = Non
                   label_names: Optional[Sequence[str]] = None,
                   format: Optional[str] = None, encoding: str = "utf-8-sig",
                   column_names: Optional[Sequence[str]] = None,
-                  split: str = "train") -> Examples:
+                  split: str = "train", task: str = "classification",
+                  label_separator: str = ",") -> Examples:
     """Reads labelled text into `Examples`.
 
     With `label_names` (from the training set) labels must be among them, so a
-    validation file cannot silently carry a class the model never saw.
+    validation file cannot silently carry a class the model never saw. A named dataset
+    (`"mrpc:<path>"`, ...) brings its own columns: `sentence`, `sentence2`, `label`.
+    `task="multilabel"` reads each label cell as a list or a `label_separator`-separated
+    string of label names; `task="regression"` reads numbers.
     """
     frame = read_table(source, format=format, encoding=encoding,
                        column_names=column_names, split=split)
     name = source if isinstance(source, str) else "<data>"
+    named = readers.split_spec(source)
+    if named:
+        text_column = "sentence"
+        text_pair_column = "sentence2" if readers.READERS[named[0]].pair else None
+        label_column = "label" if label_column is not None else None
     if len(frame) == 0:
         raise bad_argument("data", name, "at least one example (it is empty)")
     for arg, column in (("text_column", text_column), ("text_pair_column", text_pair_column),
@@ -125,16 +145,29 @@ def load_examples(source, *, text_column: str, label_column: Optional[str] = Non
     pair = _texts(frame[text_pair_column]) if text_pair_column else None
     labels, names = None, list(label_names or [])
     if label_column is not None:
-        labels, names = encode_labels(frame[label_column].tolist(), label_names,
-                                      where=f"label_column {label_column!r} of {name}")
+        labels, names = encode_task_labels(
+            frame[label_column].tolist(), task, label_names, separator=label_separator,
+            where=f"label_column {label_column!r} of {name}", column=label_column)
     return Examples(texts=texts, texts_pair=pair, labels=labels, label_names=names,
                     source=name)
 
 
+def read_dataset(name: str, path: str, *, label_names: Optional[Sequence[str]] = None
+                 ) -> Examples:
+    """`Examples` of a public dataset file in its own format: `read_dataset("mrpc",
+    "msr-para-test.tsv")`; names: mrpc, trec (6 coarse classes), trec-fine, cola."""
+    if not isinstance(name, str) or name.lower() not in readers.READERS:
+        raise bad_argument("name", name, f"one of {', '.join(readers.READERS)}")
+    return load_examples(f"{name.lower()}:{path}", text_column="sentence",
+                         label_column="label", label_names=label_names)
+
+
 def examples_from_lists(texts: Sequence[str], labels: Optional[Sequence] = None,
                         texts_pair: Optional[Sequence[str]] = None,
-                        label_names: Optional[Sequence[str]] = None) -> Examples:
-    """`Examples` from Python lists."""
+                        label_names: Optional[Sequence[str]] = None,
+                        task: str = "classification", label_separator: str = ","
+                        ) -> Examples:
+    """`Examples` from Python lists (multilabel: a list of label names per text)."""
     if not texts:
         raise bad_argument("texts", list(texts), "a non-empty list of strings")
     for arg, other in (("labels", labels), ("texts_pair", texts_pair)):
@@ -143,7 +176,8 @@ def examples_from_lists(texts: Sequence[str], labels: Optional[Sequence] = None,
                                f"as many items as texts ({len(texts)})")
     ids, names = (None, list(label_names or []))
     if labels is not None:
-        ids, names = encode_labels(list(labels), label_names, where="labels")
+        ids, names = encode_task_labels(list(labels), task, label_names,
+                                        separator=label_separator, where="labels")
     return Examples(texts=[str(t) for t in texts], labels=ids, label_names=names,
                     texts_pair=None if texts_pair is None else [str(t) for t in texts_pair])
 
@@ -165,6 +199,64 @@ def encode_labels(values: list, label_names: Optional[Sequence[str]] = None, *,
                             f"(training labels: {unique[:20]}).")
     index = {k: i for i, k in enumerate(unique)}
     return np.array([index[k] for k in keys], dtype=np.int32), unique
+
+
+def encode_task_labels(values: list, task: str = "classification",
+                       label_names: Optional[Sequence[str]] = None, *, separator: str = ",",
+                       where: str = "labels", column: str = "score"):
+    """Labels of a task -> (array, names): class ids, multi-hot rows or float scores."""
+    if task == "classification":
+        return encode_labels(values, label_names, where=where)
+    if task == "multilabel":
+        return encode_multilabels(values, label_names, separator=separator, where=where)
+    if task == "regression":
+        return encode_scores(values, where=where), list(label_names or [str(column)])
+    raise bad_argument("task", task, f"one of {', '.join(TASKS)}")
+
+
+def encode_multilabels(values: list, label_names: Optional[Sequence[str]] = None, *,
+                       separator: str = ",", where: str = "labels"):
+    """Per-example label lists (or `separator`-joined strings; empty = no label) ->
+    (multi-hot float32 `[n, num_labels]`, names)."""
+    rows = [_label_set(v, separator) for v in values]
+    seen = sorted({k for row in rows for k in row}, key=_sort_key)
+    if label_names is None:
+        unique = seen
+        if not unique:
+            raise KbftError(f"{where} has no labels at all (multilabel).")
+    else:
+        unique = [str(n) for n in label_names]
+        unseen = sorted(set(seen) - set(unique), key=_sort_key)
+        if unseen:
+            raise KbftError(f"{where} has labels unseen in training: {unseen[:10]} "
+                            f"(training labels: {unique[:20]}).")
+    index = {k: i for i, k in enumerate(unique)}
+    hot = np.zeros((len(rows), len(unique)), dtype=np.float32)
+    for i, row in enumerate(rows):
+        hot[i, [index[k] for k in row]] = 1.0
+    return hot, unique
+
+
+def _label_set(value, separator: str) -> List[str]:
+    if isinstance(value, (list, tuple, set, np.ndarray)):
+        keys = [_label_key(v) for v in value]
+    else:
+        keys = [k.strip() for k in _label_key(value).split(separator)]
+    return sorted({k for k in keys if k})
+
+
+def encode_scores(values: list, *, where: str = "labels") -> np.ndarray:
+    """Regression targets -> float32 scores; an empty or non-numeric value is an error."""
+    scores = np.empty(len(values), dtype=np.float32)
+    for i, value in enumerate(values):
+        try:
+            scores[i] = float(_label_key(value))
+        except ValueError:
+            raise KbftError(f"{where} must hold numbers for regression (row {i}: "
+                            f"{value!r}).") from None
+    if not np.isfinite(scores).all():
+        raise KbftError(f"{where} has non-finite scores (regression).")
+    return scores
 
 
 def _label_key(value) -> str:
@@ -242,8 +334,9 @@ def make_dataset(examples: Examples, preprocessor, *, batch_size: int,
     columns = [tf.constant(examples.texts, tf.string)]
     if pair:
         columns.append(tf.constant(examples.texts_pair, tf.string))
-    if has_labels:
-        columns.append(tf.constant(examples.labels, tf.int32))
+    if has_labels:  # int class ids; float targets for multilabel / regression
+        integer = np.issubdtype(np.asarray(examples.labels).dtype, np.integer)
+        columns.append(tf.constant(examples.labels, tf.int32 if integer else tf.float32))
     dataset = tf.data.Dataset.from_tensor_slices(tuple(columns))
     cached = 0 < len(examples) and len(examples) * preprocessor.seq_length <= CACHE_MAX_TOKENS
     if cached:  # tokenise once; every epoch reuses the ids (same order as streaming)

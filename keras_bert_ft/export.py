@@ -14,6 +14,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from keras_bert_ft.data import TASKS
 from keras_bert_ft.errors import KbftError, bad_argument
 from keras_bert_ft.preprocessing import trim_to_longest
 
@@ -21,16 +22,42 @@ METADATA_FILE = "kbft_export.json"
 
 
 class ServingModule(tf.Module):
-    """Raw strings -> probabilities and label names, through preprocessor and model."""
+    """Raw strings -> task outputs, through preprocessor and model.
 
-    def __init__(self, model, preprocessor, label_names: Sequence[str]):
+    `classification`: `probabilities` (softmax), `label_id`, `label`.
+    `multilabel`: `probabilities` (a sigmoid per label), `predictions` (0/1 per label, at
+    the label's threshold) and `labels` (the names above their thresholds, joined by
+    `label_separator`). `regression`: `score`.
+    """
+
+    def __init__(self, model, preprocessor, label_names: Sequence[str],
+                 task: str = "classification", thresholds: Optional[Sequence[float]] = None,
+                 label_separator: str = ","):
         super().__init__(name="kbft_serving")
+        if task not in TASKS:
+            raise bad_argument("task", task, f"one of {', '.join(TASKS)}")
         self.model = model
         self.preprocessor = preprocessor
+        self.task = task
         self.label_names = tf.constant(list(label_names), tf.string)
+        self.label_separator = label_separator
+        if task == "multilabel":
+            thresholds = [0.5] * len(label_names) if thresholds is None else list(thresholds)
+            self.thresholds = tf.constant(thresholds, tf.float32)
 
     def predict_features(self, features) -> Dict[str, tf.Tensor]:
         logits = tf.cast(self.model(features, training=False), tf.float32)
+        if self.task == "regression":
+            return {"score": logits[:, 0]}
+        if self.task == "multilabel":
+            probabilities = tf.sigmoid(logits)
+            predicted = probabilities >= self.thresholds
+            names = tf.ragged.boolean_mask(
+                tf.broadcast_to(self.label_names, tf.shape(predicted)), predicted)
+            return {"probabilities": probabilities,
+                    "predictions": tf.cast(predicted, tf.int32),
+                    "labels": tf.strings.reduce_join(names, axis=-1,
+                                                     separator=self.label_separator)}
         probabilities = tf.nn.softmax(logits, axis=-1)
         label_id = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         return {"probabilities": probabilities, "label_id": label_id,
@@ -42,13 +69,20 @@ class ServingModule(tf.Module):
 
 
 def export_saved_model(model, preprocessor, export_dir: str, label_names: Sequence[str], *,
-                       pair: bool = False, metadata: Optional[dict] = None) -> str:
+                       pair: bool = False, metadata: Optional[dict] = None,
+                       task: str = "classification",
+                       thresholds: Optional[Sequence[float]] = None,
+                       label_separator: str = ",") -> str:
     """Writes a SavedModel whose `serving_default` takes a batch of raw strings.
 
     Signature inputs: `text` (and `text_pair` when `pair=True`), `tf.string [batch]`.
-    Outputs: `probabilities` `[batch, classes]`, `label` (the label name) and
-    `label_id`. The SavedModel is written to a temporary folder beside `export_dir` and
-    renamed into place, so a crash never leaves a half-written export behind.
+    Outputs by `task`: classification `probabilities` `[batch, classes]`, `label` (the
+    label name) and `label_id`; multilabel `probabilities` `[batch, labels]`,
+    `predictions` (0/1 at each label's threshold) and `labels` (names above threshold,
+    joined by `label_separator`); regression `score` `[batch]`. Label names, task and
+    thresholds also go to `kbft_export.json`. The SavedModel is written to a temporary
+    folder beside `export_dir` and renamed into place, so a crash never leaves a
+    half-written export behind.
     """
     if not isinstance(export_dir, str) or not export_dir:
         raise bad_argument("export_dir", export_dir, "a folder path")
@@ -57,7 +91,13 @@ def export_saved_model(model, preprocessor, export_dir: str, label_names: Sequen
     if len(label_names) != num_classes:
         raise bad_argument("label_names", label_names,
                            f"{num_classes} names, one per model output")
-    module = ServingModule(model, preprocessor, label_names)
+    if thresholds is not None:
+        thresholds = [float(t) for t in thresholds]
+        if task != "multilabel" or len(thresholds) != num_classes:
+            raise bad_argument("thresholds", thresholds,
+                               f"one per label ({num_classes}), for task='multilabel' only")
+    module = ServingModule(model, preprocessor, label_names, task=task,
+                           thresholds=thresholds, label_separator=label_separator)
     spec = tf.TensorSpec([None], tf.string)
     if pair:
         serve = tf.function(lambda text, text_pair: module.serve(text, text_pair),
@@ -65,8 +105,11 @@ def export_saved_model(model, preprocessor, export_dir: str, label_names: Sequen
     else:
         serve = tf.function(lambda text: module.serve(text), input_signature=[spec])
     module.serve_fn = serve
-    info = {"label_names": label_names, "pair": bool(pair),
+    info = {"label_names": label_names, "pair": bool(pair), "task": task,
             "seq_length": int(preprocessor.seq_length), **(metadata or {})}
+    if task == "multilabel":
+        info.update(thresholds=[float(t) for t in module.thresholds.numpy()],
+                    label_separator=label_separator)
     _atomic_write(export_dir, lambda tmp: _save(module, serve, tmp, info))
     return export_dir
 

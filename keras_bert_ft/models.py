@@ -1,4 +1,4 @@
-"""build_classifier: the whole forward path, encoder -> pooling -> head -> logits, in one place."""
+"""build_classifier and friends: the whole forward path, encoder -> pooling -> head -> outputs."""
 
 from typing import Sequence, Union
 
@@ -63,6 +63,38 @@ def build_classifier(encoder: Union[HubEncoder, str], num_classes: int, *,
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise bad_argument("num_classes", num_classes, "an int >= 2")
+    return _build(encoder, num_classes, "classifier", head_units, dropout, pooling)
+
+
+def build_multilabel_classifier(encoder: Union[HubEncoder, str], num_labels: int, *,
+                                head_units: Sequence[int] = (), dropout: float = 0.1,
+                                pooling: str = "pooled") -> FineTuneModel:
+    """As `build_classifier`, one independent logit per label (a sigmoid each, trained
+    with binary cross-entropy)."""
+    if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
+        raise bad_argument("num_labels", num_labels, "an int >= 1")
+    return _build(encoder, num_labels, "multilabel_classifier", head_units, dropout, pooling)
+
+
+def build_regressor(encoder: Union[HubEncoder, str], *, head_units: Sequence[int] = (),
+                    dropout: float = 0.1, pooling: str = "pooled") -> FineTuneModel:
+    """As `build_classifier`, with one linear output: the score, `[batch, 1]`."""
+    return _build(encoder, 1, "regressor", head_units, dropout, pooling)
+
+
+def build_task_model(task: str, encoder: Union[HubEncoder, str], num_labels: int,
+                     **head) -> FineTuneModel:
+    """The model of a sentence-level task: classification, multilabel or regression."""
+    if task == "classification":
+        return build_classifier(encoder, num_labels, **head)
+    if task == "multilabel":
+        return build_multilabel_classifier(encoder, num_labels, **head)
+    if task == "regression":
+        return build_regressor(encoder, **head)
+    raise bad_argument("task", task, "one of classification, multilabel, regression")
+
+
+def _build(encoder, units: int, name: str, head_units, dropout, pooling) -> FineTuneModel:
     if pooling not in heads.POOLINGS:
         raise bad_argument("pooling", pooling, f"one of {', '.join(heads.POOLINGS)}")
     if isinstance(encoder, str):
@@ -71,5 +103,5 @@ def build_classifier(encoder: Union[HubEncoder, str], num_classes: int, *,
     outputs = encoder(inputs)
     x = heads.pool(outputs, inputs["input_mask"], pooling)
     x = heads.dense_blocks(x, tuple(head_units), dropout)
-    logits = heads.logits_layer(num_classes)(x)
-    return FineTuneModel(inputs=inputs, outputs=logits, name="classifier")
+    logits = heads.logits_layer(units)(x)
+    return FineTuneModel(inputs=inputs, outputs=logits, name=name)

@@ -47,7 +47,9 @@ class NativeEncoder(keras.layers.Layer):
 
     def __init__(self, handle: str, *, trainable_layers: TrainableSpec = "all",
                  train_embeddings: Optional[bool] = None, train_pooler: bool = True,
-                 name: str = "encoder", load_options=None, **kwargs):
+                 reinit_layers: int = 0, reinit_pooler: Optional[bool] = None,
+                 reinit_seed: Optional[int] = None, name: str = "encoder",
+                 load_options=None, **kwargs):
         if not isinstance(handle, str) or not handle:
             raise bad_argument("handle", handle,
                                "a preset name, URL, local folder or gs:// path")

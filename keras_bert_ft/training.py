@@ -2,6 +2,8 @@
 
 Reads the data, picks the strategy, builds encoder + head under its scope, compiles with
 AdamW + warmup, runs plain `model.fit`, and computes the task metrics on validation.
+Sentence-level tasks: classification (softmax), multilabel (sigmoid per label, thresholds
+tuned on validation) and regression (one score); see sentence_tasks.py.
 """
 
 import contextlib
@@ -19,13 +21,13 @@ import numpy as np
 import tensorflow as tf
 
 from keras_bert_ft._keras import keras
-from keras_bert_ft import data as data_lib, presets, tpu
+from keras_bert_ft import data as data_lib, presets, sentence_tasks, tpu
 from keras_bert_ft.determinism import enable_determinism
 from keras_bert_ft.encoder import HubEncoder, TrainableSpec
 from keras_bert_ft.errors import KbftError, bad_argument
 from keras_bert_ft.export import ServingModule, export_saved_model
-from keras_bert_ft.metrics import classification_metrics
-from keras_bert_ft.models import build_classifier
+from keras_bert_ft.metrics import tune_thresholds
+from keras_bert_ft.models import build_task_model
 from keras_bert_ft.native_encoder import IMPLS, NativeEncoder, make_encoder
 from keras_bert_ft.optimization import create_optimizer
 from keras_bert_ft.preprocessing import Preprocessor, check_seq_length
@@ -52,6 +54,10 @@ class FineTuneConfig:
     text_column: str = _field("sentence", "column holding the (first) text")
     text_pair_column: Optional[str] = _field(None, "column holding the second text of a pair")
     label_column: str = _field("label", "column holding the label")
+    label_separator: str = _field(",", "separates label names in a multilabel label cell")
+    task: str = _field("classification", "classification (one label, softmax), multilabel "
+                       "(a sigmoid per label, thresholds tuned on validation) or regression "
+                       "(one score, MSE)")
     epochs: int = _field(3, "passes over the training data")
     batch_size: int = _field(32, "global batch size (split across replicas)")
     learning_rate: Optional[float] = _field(
@@ -114,6 +120,7 @@ class FineTuneConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad_argument(name, value, "an int >= 1")
         check_seq_length(self.seq_length)
+        sentence_tasks.check_task(self.task)
         if self.learning_rate is not None and not (
                 isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
             raise bad_argument("learning_rate", self.learning_rate, "a float > 0")
@@ -201,7 +208,8 @@ class ThroughputCallback(keras.callbacks.Callback):
 
 @dataclasses.dataclass
 class FineTuneResult:
-    """A trained model with its preprocessor, labels, history and validation metrics."""
+    """A trained model with its preprocessor, labels, history and validation metrics
+    (multilabel: also the per-label decision thresholds)."""
     model: keras.Model
     preprocessor: Preprocessor
     label_names: List[str]
@@ -210,27 +218,37 @@ class FineTuneResult:
     history: dict
     metrics: dict
     strategy: tf.distribute.Strategy = None
+    thresholds: Optional[List[float]] = None
 
     def predict(self, texts, texts_pair=None, batch_size: int = 64) -> np.ndarray:
-        """Class probabilities for raw strings, computed exactly as the export does."""
+        """Class probabilities (multilabel: per label; regression: scores) for raw
+        strings, computed exactly as the export does."""
         return predict_probabilities(self.model, self.preprocessor, texts, texts_pair,
-                                     batch_size)
+                                     batch_size, task=self.config.task)
 
     def export(self, export_dir: str) -> str:
         return export_saved_model(self.model, self.preprocessor, export_dir,
                                   self.label_names, pair=self.pair,
-                                  metadata={"encoder": self.config.encoder})
+                                  metadata={"encoder": self.config.encoder},
+                                  task=self.config.task, thresholds=self.thresholds,
+                                  label_separator=self.config.label_separator)
 
 
-def predict_probabilities(model, preprocessor, texts, texts_pair=None, batch_size=64):
-    serving = ServingModule(model, preprocessor, ["?"] * int(model.output_shape[-1]))
+def predict_probabilities(model, preprocessor, texts, texts_pair=None, batch_size=64,
+                          task: str = "classification"):
+    """The serving output `sentence_tasks.output_key(task)` for raw strings."""
+    units = int(model.output_shape[-1])
+    serving = ServingModule(model, preprocessor, ["?"] * units, task=task)
     serve = tf.function(serving.serve)
+    key = sentence_tasks.output_key(task)
     out = []
     for start in range(0, len(texts), batch_size):
         chunk = tf.constant(list(texts[start:start + batch_size]))
         pair = None if texts_pair is None else tf.constant(list(texts_pair[start:start + batch_size]))
-        out.append(serve(chunk, pair)["probabilities"].numpy())
-    return np.concatenate(out) if out else np.zeros((0, int(model.output_shape[-1])))
+        out.append(serve(chunk, pair)[key].numpy())
+    if out:
+        return np.concatenate(out)
+    return np.zeros((0,) if task == "regression" else (0, units), np.float32)
 
 
 def resolve_padding(padding: str, strategy) -> str:
@@ -284,7 +302,8 @@ def encoder_vocab(encoder):
 
 def _as_examples(source, config, label_names=None):
     if isinstance(source, data_lib.Examples):
-        if label_names is not None and source.labels is not None:
+        if (label_names is not None and source.labels is not None
+                and config.task == "classification"):
             extra = set(source.labels.tolist()) - set(range(len(label_names)))
             if extra:
                 raise KbftError(f"validation has label ids unseen in training: {sorted(extra)}")
@@ -292,14 +311,18 @@ def _as_examples(source, config, label_names=None):
     return data_lib.load_examples(
         source, text_column=config.text_column, label_column=config.label_column,
         text_pair_column=config.text_pair_column, label_names=label_names,
-        encoding=config.encoding)
+        encoding=config.encoding, task=config.task, label_separator=config.label_separator)
 
 
 def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *,
               callbacks: Sequence[keras.callbacks.Callback] = (),
               strategy: Union[str, tf.distribute.Strategy, None] = None,
               **overrides) -> FineTuneResult:
-    """Fine-tunes a BERT encoder for (pair) classification with plain `model.fit`.
+    """Fine-tunes a BERT encoder for a sentence(-pair) task with plain `model.fit`.
+
+    `config.task` picks the head: `classification`, `multilabel` (labels: a list or a
+    `label_separator`-joined string of names per example; thresholds tuned on
+    `validation`, else 0.5) or `regression` (numeric labels).
 
     Args:
         train, validation: a file path (CSV/TSV/JSON lines), DataFrame, dict of lists,
@@ -324,9 +347,7 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
     train_ex = _as_examples(train, config)
     if config.max_train_examples:
         train_ex = train_ex.take(config.max_train_examples)
-    if len(set(train_ex.labels.tolist())) < 2:
-        raise bad_argument("train", train_ex.source, "training data with at least two "
-                           f"different labels (found only {train_ex.label_names})")
+    sentence_tasks.check_labels(config.task, train_ex, "train")
     val_ex = None
     if validation is not None:
         val_ex = _as_examples(validation, config, train_ex.label_names)
@@ -343,8 +364,9 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
                                reinit_layers=config.reinit_layers, reinit_seed=config.seed,
                                **tpu.encoder_load_kwargs(config.encoder, strategy))
         check_seq_length(config.seq_length, encoder.max_seq_length)
-        model = build_classifier(encoder, num_classes, head_units=tuple(config.head_units),
-                                 dropout=config.dropout, pooling=resolve_pooling(config))
+        model = build_task_model(config.task, encoder, num_classes,
+                                 head_units=tuple(config.head_units), dropout=config.dropout,
+                                 pooling=resolve_pooling(config))
         multipliers = learning_rate_multipliers(model, config)
         optimizer = create_optimizer(resolve_learning_rate(config),
                                      total_steps=steps_per_epoch * config.epochs,
@@ -353,9 +375,8 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
                                      bias_correction=config.bias_correction,
                                      global_clipnorm=config.clip_norm,
                                      learning_rate_multipliers=multipliers)
-        model.compile(optimizer=optimizer,
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        loss, fit_metrics = sentence_tasks.loss_and_metrics(config.task)
+        model.compile(optimizer=optimizer, loss=loss, metrics=fit_metrics,
                       jit_compile=config.jit_compile,
                       steps_per_execution=config.steps_per_execution)
     if tpu.is_tpu(strategy):
@@ -392,20 +413,23 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
                         validation_data=val_ds, epochs=config.epochs,
                         callbacks=all_callbacks, verbose=config.verbose)
     history = history.history if backup is None else backup.full_history(history.history)
-    metrics = {}
+    metrics, thresholds = {}, None
     if val_ex is not None:
-        probs = predict_probabilities(model, preprocessor, val_ex.texts, val_ex.texts_pair)
-        metrics = classification_metrics(val_ex.labels, probs.argmax(-1), num_classes)
-        metrics["eval_loss"] = float(np.mean(-np.log(np.maximum(
-            probs[np.arange(len(probs)), val_ex.labels], 1e-12))))
-        metrics["predicted_classes"] = int(len(np.unique(probs.argmax(-1))))
+        predictions = predict_probabilities(model, preprocessor, val_ex.texts,
+                                            val_ex.texts_pair, task=config.task)
+        if config.task == "multilabel":
+            thresholds = tune_thresholds(val_ex.labels, predictions).tolist()
+        metrics = sentence_tasks.evaluate(config.task, val_ex.labels, predictions,
+                                          train_ex.label_names, thresholds)
+        if config.task == "classification":  # flags degenerate runs (seeds.py)
+            metrics["predicted_classes"] = int(len(np.unique(predictions.argmax(-1))))
         metrics["eval_examples"] = len(val_ex)
     metrics["train_examples"] = len(train_ex)
     metrics["train_examples_per_second"] = round(throughput.examples_per_second, 2)
     return FineTuneResult(model=model, preprocessor=preprocessor,
                           label_names=train_ex.label_names, pair=train_ex.is_pair,
                           config=config, history=_plain_history(history),
-                          metrics=metrics, strategy=strategy)
+                          metrics=metrics, strategy=strategy, thresholds=thresholds)
 
 
 @contextlib.contextmanager
@@ -478,7 +502,8 @@ def save_run(result: FineTuneResult, output_dir: str, export: bool = True) -> di
     _write_json(os.path.join(output_dir, "history.json"), result.history)
     run_config = dataclasses.asdict(result.config)
     run_config["head_units"] = list(run_config["head_units"])
-    run_config.update(label_names=result.label_names, pair=result.pair)
+    run_config.update(label_names=result.label_names, pair=result.pair,
+                      thresholds=result.thresholds)
     _write_json(os.path.join(output_dir, "run_config.json"), run_config)
     paths["plot"] = plot_history(result.history, os.path.join(output_dir, "history.png"))
     return paths
@@ -523,6 +548,7 @@ def export_from_run(run_dir: str, export_dir: str, checkpoint: Optional[str] = N
     with open(config_path) as f:
         saved = json.load(f)
     label_names, pair = saved.pop("label_names"), saved.pop("pair")
+    thresholds = saved.pop("thresholds", None)
     fields = {f.name for f in dataclasses.fields(FineTuneConfig)}
     config = FineTuneConfig(**{k: v for k, v in saved.items() if k in fields})
     checkpoint = checkpoint or tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
@@ -535,13 +561,14 @@ def export_from_run(run_dir: str, export_dir: str, checkpoint: Optional[str] = N
     impl = saved.get("encoder_impl", "hub")
     with precision_policy(config.mixed_precision):
         encoder = make_encoder(config.encoder, impl)
-        model = build_classifier(encoder, len(label_names),
-                                 head_units=tuple(config.head_units),
-                                 dropout=config.dropout, pooling=resolve_pooling(config))
+        model = build_task_model(config.task, encoder, len(label_names),
+                                 head_units=tuple(config.head_units), dropout=config.dropout,
+                                 pooling=resolve_pooling(config))
     model.load_weights(checkpoint).expect_partial()
     preprocessor = default_preprocessor(encoder, config)
     return export_saved_model(model, preprocessor, export_dir, label_names, pair=pair,
-                              metadata={"encoder": config.encoder})
+                              metadata={"encoder": config.encoder}, task=config.task,
+                              thresholds=thresholds, label_separator=config.label_separator)
 
 
 def _latest_weights(folder: str) -> Optional[str]:
