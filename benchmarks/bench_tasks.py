@@ -52,12 +52,22 @@ def concat(parts):
                        label_names=first.label_names, source="+".join(p.source for p in parts))
 
 
-def run_task(name: str, data_dir: str, overrides: dict, seed: int) -> dict:
+def swapped(examples):
+    """Each pair also in the other order: paraphrase is symmetric (MRPC)."""
+    return concat([examples, type(examples)(
+        texts=examples.texts_pair, texts_pair=examples.texts, labels=examples.labels,
+        label_names=examples.label_names, source=f"swapped {examples.source}")])
+
+
+def run_task(name: str, data_dir: str, overrides: dict, seed: int,
+             swap_pairs: bool = False) -> dict:
     import keras_bert_ft as kbft
     spec = TASKS[name]
     settings = {"train_embeddings": True, **spec["settings"], **overrides}
     train = concat([kbft.read_dataset(spec["reader"], os.path.join(data_dir, f))
                     for f in spec["train"]])
+    if swap_pairs and train.is_pair:
+        train = swapped(train)
     test = kbft.read_dataset(spec["reader"], os.path.join(data_dir, spec["eval"]),
                              label_names=train.label_names)
     start = time.time()
@@ -71,6 +81,7 @@ def run_task(name: str, data_dir: str, overrides: dict, seed: int) -> dict:
         "train": spec["train"], "eval": spec["eval"],
         "train_examples": len(train), "eval_examples": len(test),
         "settings": {**settings, "seed": seed, "encoder": "minilm-l6",
+                     **({"swap_pairs": True} if swap_pairs and train.is_pair else {}),
                      "trainable_layers": "all"},
         "metrics": figures,
         "targets": spec["targets"],
@@ -92,6 +103,8 @@ def main(argv=None) -> int:
                         help="override the preset's pooling (mean)")
     parser.add_argument("--freeze-embeddings", action="store_true",
                         help="keep the embeddings frozen (all transformer layers train)")
+    parser.add_argument("--swap-pairs", action="store_true",
+                        help="pair tasks: also train on each pair in the other order")
     args = parser.parse_args(argv)
     if not os.path.isdir(os.path.join(args.data, "mrpc")):
         print(f"datasets not found under {args.data!r} (see ../shared/data/README.md)")
@@ -107,7 +120,7 @@ def main(argv=None) -> int:
             figures = json.load(f)
     figures.setdefault("tasks", {})
     for name in TASKS if args.task == "all" else [args.task]:
-        entry = run_task(name, args.data, overrides, args.seed)
+        entry = run_task(name, args.data, overrides, args.seed, args.swap_pairs)
         entry["date"] = time.strftime("%Y-%m-%d")
         earlier = figures["tasks"].get(name)
         if earlier:
