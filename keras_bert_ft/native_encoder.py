@@ -11,6 +11,7 @@ Encoders it does not recognise stay on the restored path (`make_encoder(impl="au
 """
 
 import collections
+import concurrent.futures
 from typing import Optional
 
 import numpy as np
@@ -58,12 +59,11 @@ class NativeEncoder(keras.layers.Layer):
         self._layer_pattern = None
         resolved = presets.resolve_encoder(handle)
         check_local_handle(resolved)
-        try:
-            restored = hub.load(resolved, options=load_options)  # TPU: read on this host
-        except Exception as err:  # the hub resolver / loader raise many kinds
-            raise _load_error(handle, resolved, err) from err
+        with concurrent.futures.ThreadPoolExecutor(1) as thread:
+            restored, probe, expected = thread.submit(
+                _load_reference, handle, resolved, load_options).result()
         self.vocab_path, self.do_lower_case = _vocab_info(restored)
-        self.bert, self.activation = _rebuild(restored)
+        self.bert, self.activation = _rebuild(restored, probe, expected)
         self._groups = group_variables(self.bert.weights)
         self._trainable_groups = set()
         self.set_trainable_layers(trainable_layers, train_embeddings=train_embeddings,
@@ -121,13 +121,31 @@ def _vocab_info(restored):
     return path, lower
 
 
-def _rebuild(restored):
-    """(BertEncoder holding the restored weights, activation name) or NotRecognised."""
-    values = collections.OrderedDict(
+def _load_reference(handle, resolved, load_options):
+    """The restored SavedModel, probe inputs and its outputs on them.
+
+    Runs in a thread of its own, which no tf.distribute scope of the caller reaches: a
+    restored function called under a MirroredStrategy / MultiWorkerMirroredStrategy scope
+    fails ("...graph generated from the cross-replica context in an in-replica context").
+    `load_options` let a TPU run read the files on this host.
+    """
+    try:
+        restored = hub.load(resolved, options=load_options)
+    except Exception as err:  # the hub resolver / loader raise many kinds
+        raise _load_error(handle, resolved, err) from err
+    probe = _probe_inputs(_dims(_values(restored)))
+    return restored, probe, restored(probe, training=False)["sequence_output"].numpy()
+
+
+def _values(restored):
+    return collections.OrderedDict(
         (v.name.split(":")[0], v) for v in restored.trainable_variables)
+
+
+def _rebuild(restored, probe, expected):
+    """(BertEncoder holding the restored weights, activation name) or NotRecognised."""
+    values = _values(restored)
     dims = _dims(values)
-    probe = _probe_inputs(dims)
-    expected = restored(probe, training=False)["sequence_output"].numpy()
     for activation in _ACTIVATIONS:
         bert = _bert_encoder(dims, activation)
         _assign(bert, values)

@@ -13,6 +13,7 @@ import pytest
 import keras_bert_ft as kbft
 from keras_bert_ft import export as export_lib, strategy as strategy_lib, tfhub_format
 from keras_bert_ft.errors import KbftError
+from keras_bert_ft.native_encoder import make_encoder
 
 from conftest import VOCAB
 
@@ -21,7 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def dropout_free_encoder(tmp_path_factory, vocab_file):
     """Dropout draws differ between a replica thread and a worker process; without dropout
-    both setups compute the same numbers."""
+    both setups compute the same numbers. (The runs use encoder_impl="hub": the native
+    rebuild always applies dropout 0.1.)"""
     config = tfhub_format.bert_config(vocab_size=len(VOCAB), hidden_size=32, num_layers=2,
                                       num_heads=2, intermediate_size=64, max_seq_length=32,
                                       dropout=0.0)
@@ -78,7 +80,7 @@ def test_two_workers_train_what_mirrored_trains(tmp_path, dropout_free_encoder, 
     argv = ["train", "--strategy", "multiworker", "--train", train, "--encoder", encoder,
             "--epochs", "2", "--batch-size", "8", "--learning-rate", "1e-3", "--seq-length", "16",
             "--trainable-layers", "1", "--dropout", "0", "--padding", "dynamic", "--seed", "7",
-            "--backup-steps", "4", "--verbose", "0", "--output", out]
+            "--backup-steps", "4", "--encoder-impl", "hub", "--verbose", "0", "--output", out]
     chief, worker = run_workers(argv)
     assert "export: " in chief and "worker finished; the chief wrote the run folder" in worker
     # The chief alone wrote the run folder and the export; the backups are gone.
@@ -86,19 +88,19 @@ def test_two_workers_train_what_mirrored_trains(tmp_path, dropout_free_encoder, 
                                        "logs", "metrics.json", "run_config.json"]
     assert json.load(open(os.path.join(out, "metrics.json")))["train_examples"] == 48
     export_lib.predict_export(export_lib.load_export(os.path.join(out, "export")), ["good fun"])
-    trained = kbft.build_classifier(kbft.HubEncoder(encoder), 2, dropout=0.0)
+    trained = kbft.build_classifier(make_encoder(encoder, "hub"), 2, dropout=0.0)
     trained.load_weights(os.path.join(out, "checkpoints", "ckpt-002")).expect_partial()
 
     result = kbft.fine_tune(train, strategy=kbft.get_strategy("mirrored"), encoder=encoder,
                             epochs=2, batch_size=8, learning_rate=1e-3, seq_length=16,
                             trainable_layers=1, dropout=0.0, padding="dynamic", seed=7,
-                            verbose=0)
+                            encoder_impl="hub", verbose=0)
     assert result.strategy.num_replicas_in_sync == 2  # conftest's two logical CPUs
     workers, mirrored = named_weights(trained), named_weights(result.model)
     assert sorted(workers) == sorted(mirrored) and len(workers) == len(trained.weights) > 20
     for name, value in mirrored.items():
         np.testing.assert_allclose(workers[name], value, atol=1e-5, err_msg=name)
-    untrained = kbft.HubEncoder(encoder).layer_groups()["layer_1"]
+    untrained = make_encoder(encoder, "hub").layer_groups()["layer_1"]
     trained = result.model.encoder.layer_groups()["layer_1"]
     assert max(float(np.abs(a.numpy() - b.numpy()).max()) for a, b in zip(trained, untrained)) > 1e-4
 
@@ -117,3 +119,12 @@ def test_tf_config_errors(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
     assert strategy_lib.read_tf_config()["task"]["index"] == 1
     assert strategy_lib.describe_auto().startswith("MultiWorkerMirroredStrategy (2 tasks")
+
+
+def test_native_encoder_builds_under_a_distribution_scope(dropout_free_encoder):
+    """The rebuilt encoder loads its SavedModel outside the caller's strategy scope (a
+    restored function called in a MirroredStrategy scope fails)."""
+    from keras_bert_ft.native_encoder import NativeEncoder
+    with kbft.get_strategy("mirrored").scope():
+        encoder = make_encoder(dropout_free_encoder, "auto")
+    assert isinstance(encoder, NativeEncoder) and encoder.num_layers == 2
