@@ -10,9 +10,10 @@ def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def write_figures(figures: dict, path: str) -> None:
-    """Prints the figures as JSON and writes them to `path`."""
-    print(json.dumps(figures, indent=2))
+def write_figures(figures: dict, path: str, quiet: bool = False) -> None:
+    """Prints the figures as JSON (unless `quiet`) and writes them to `path`."""
+    if not quiet:
+        print(json.dumps(figures, indent=2))
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
         json.dump(figures, f, indent=2)

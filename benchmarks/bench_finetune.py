@@ -203,7 +203,9 @@ def spawn(command, name):
     lines = [line for line in proc.stdout.splitlines() if line.startswith(("FIGURES ", "{"))]
     if proc.returncode or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"skipped": f"exit {proc.returncode}: {' | '.join(tail)}"}
+        reason = {"skipped": f"exit {proc.returncode}: {' | '.join(tail)}"}
+        print(json.dumps(reason), flush=True)
+        return reason
     figures = json.loads(lines[-1].removeprefix("FIGURES "))
     figures["wall_seconds"] = round(time.perf_counter() - start, 1)
     # Other work on the machine slows every run; the 1-minute load average says how much.
@@ -260,6 +262,8 @@ def main(argv=None) -> int:
         else:
             runs[name] = spawn([sys.executable, os.path.abspath(__file__), "--run", name,
                                 "--examples", str(args.examples), "--data", args.data], name)
+        figures["runs"] = runs
+        write_figures(figures, args.json, quiet=True)  # a late crash keeps the runs so far
     figures["runs"] = runs
     figures.update(summarise(runs, figures))
     vocab = os.path.join(presets.resolve_preprocessor("minilm-l6"), "assets")
