@@ -21,7 +21,7 @@ import numpy as np
 
 from _common import peak_mib, write_figures
 
-# Targets from issue 5. Settings: 3 epochs, every layer and the embeddings trained,
+# Targets from issue 5. Settings: every layer and the embeddings trained,
 # mean pooling (the minilm-l6 preset's), AdamW with 10% warmup, length buckets.
 TASKS = {
     "mrpc": {"reader": "mrpc",
@@ -36,7 +36,8 @@ TASKS = {
                           "seq_length": 64}},
     "cola": {"reader": "cola", "train": ["cola/in_domain_train.tsv"],
              "eval": "cola/in_domain_dev.tsv", "targets": {"mcc": 0.35},
-             "settings": {"epochs": 3, "learning_rate": 5e-5, "batch_size": 32,
+             # 3 epochs at 5e-5 reached MCC 0.245 only: CoLA needs more steps.
+             "settings": {"epochs": 5, "learning_rate": 1e-4, "batch_size": 32,
                           "seq_length": 64}},
 }
 
