@@ -46,11 +46,24 @@ def get_strategy(kind: str = "auto", *, tpu_address: str = ""):
         raise bad_argument("kind", kind, "a strategy for hardware this machine has "
                            "(no GPU found; use 'auto' or 'cpu')")
     if kind == "mirrored" or (kind in ("auto", "gpu") and len(gpus) > 1):
-        return _chosen(tf.distribute.MirroredStrategy(),
+        return _chosen(new_mirrored_strategy(),
                        f"MirroredStrategy over {len(gpus) or 'CPU'} device(s)")
     if gpus and kind in ("auto", "gpu"):
         return _chosen(tf.distribute.OneDeviceStrategy(gpus[0].name), f"one GPU {gpus[0].name}")
     return _chosen(tf.distribute.get_strategy(), "CPU (default strategy)")
+
+
+def new_mirrored_strategy(devices=None):
+    """A MirroredStrategy whose collective keys no earlier one in this process used.
+
+    Every MirroredStrategy starts its collective group and instance keys at the same
+    class-level base, so a second one in a process (`run_seeds`, `sweep_layers` in
+    process) would reuse the first one's keys and the runtime would mix up their
+    all-reduces ("Shape mismatch in the collective instance"). TF's own tests shift the
+    base per strategy (distribute/strategy_combinations.py); so does this.
+    """
+    tf.distribute.MirroredStrategy._collective_key_base += 100000
+    return tf.distribute.MirroredStrategy(devices)
 
 
 def describe_auto(tpu_address: str = "") -> str:

@@ -12,6 +12,7 @@ from keras_bert_ft.layerwise import group_multipliers, layer_multipliers
 from keras_bert_ft.models import build_classifier
 from keras_bert_ft.optimization import AdamW
 from keras_bert_ft.preprocessing import Preprocessor
+from keras_bert_ft.strategy import new_mirrored_strategy
 
 DECAY, RATIO, LR = 0.5, 0.1, 1e-2
 # encoder rate x decay^(layers below the top): 4 layers, so embeddings sit 4 below.
@@ -57,7 +58,7 @@ def _one_step(model, vocab_file, factors, jit_compile=False):
 def test_first_adam_step_of_each_variable_is_its_rate(encoder2, vocab_file, mode):
     # Adam's bias-corrected first step moves each weight by exactly lr (when its gradient
     # is not ~0), so the largest move of a variable is its own learning rate.
-    strategy = (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if mode == "mirrored"
+    strategy = (new_mirrored_strategy(["/cpu:0", "/cpu:1"]) if mode == "mirrored"
                 else tf.distribute.get_strategy())
     with strategy.scope():
         model = _model(encoder2)

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from keras_bert_ft.encoder import HubEncoder
 from keras_bert_ft.errors import KbftError
+from keras_bert_ft.strategy import new_mirrored_strategy
 
 # A normal(0, 0.02) truncated at 2 standard deviations has standard deviation 0.02 x 0.8796.
 TRUNCATED_STD = 0.02 * 0.87962566
@@ -50,7 +51,7 @@ def test_same_seed_same_weights_and_works_under_mirrored(encoder2):
     top = lambda e: e.layer_groups()["layer_1"][0].numpy()  # noqa: E731
     np.testing.assert_array_equal(top(a), top(b))
     assert not np.array_equal(top(a), top(pristine))
-    with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+    with new_mirrored_strategy(["/cpu:0", "/cpu:1"]).scope():
         mirrored = HubEncoder(encoder2, reinit_layers=1, reinit_seed=3)
     np.testing.assert_array_equal(top(mirrored), top(a))
     with pytest.raises(KbftError, match="Received: reinit_layers=3"):

@@ -11,6 +11,7 @@ from keras_bert_ft.errors import KbftError
 from keras_bert_ft.models import build_classifier
 from keras_bert_ft.optimization import AdamW
 from keras_bert_ft.preprocessing import Preprocessor
+from keras_bert_ft.strategy import new_mirrored_strategy
 from keras_bert_ft.unfreeze import GradualUnfreezing
 
 
@@ -73,7 +74,7 @@ def test_unfreezes_one_layer_every_two_steps(encoder4, vocab_file):
 
 
 def test_unfreezes_by_epoch_under_mirrored_strategy(encoder2, vocab_file):
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = new_mirrored_strategy(["/cpu:0", "/cpu:1"])
     callback = GradualUnfreezing(every=1, unit="epoch", start_layers=1,
                                  unfreeze_embeddings=True)
     model, stages, snaps = _fit(encoder2, vocab_file, strategy, callback, epochs=3, per="epoch")
