@@ -62,14 +62,14 @@ def _fit(encoder, vocab_file, strategy, callback, epochs, per):
     return model, stages, snapshots
 
 
-def test_unfreezes_one_layer_every_two_steps(encoder4, vocab_file):
-    callback = GradualUnfreezing(every=2, unit="step", max_layers=2)
-    _, stages, snaps = _fit(encoder4, vocab_file, tf.distribute.get_strategy(), callback,
-                            epochs=3, per="step")  # 2 steps per epoch
+def test_unfreezes_one_layer_every_two_steps(encoder2, vocab_file):
+    callback = GradualUnfreezing(every=2, unit="step")
+    _, stages, snaps = _fit(encoder2, vocab_file, tf.distribute.get_strategy(), callback,
+                            epochs=4, per="step")  # 2 steps per epoch
     head = {"pooler", "head"}
-    assert stages == [head, head, head | {"layer_3"}, head | {"layer_3"},
-                      head | {"layer_2", "layer_3"}, head | {"layer_2", "layer_3"}]
-    assert [s[2] for s in callback.stages] == [0, 1, 2]  # max_layers=2: no third stage
+    both = head | {"layer_0", "layer_1"}
+    assert stages == [head, head, head | {"layer_1"}, head | {"layer_1"}, both, both, both, both]
+    assert [s[2] for s in callback.stages] == [0, 1, 2]  # all layers: no more stages
     assert all(slot is snaps.slots[0] for slot in snaps.slots)  # Adam state kept
 
 
@@ -94,6 +94,7 @@ def test_errors_bad_arguments(encoder2):
         GradualUnfreezing(every=0)
     with pytest.raises(KbftError, match="Received: unfreeze_unit='batch'"):
         GradualUnfreezing(unit="batch")
-    callback = GradualUnfreezing(start_layers=9, encoder=HubEncoder(encoder2))
+    encoder = HubEncoder(encoder2)
+    assert GradualUnfreezing(max_layers=1, encoder=encoder)._limit() == 1
     with pytest.raises(KbftError, match="Received: start_layers=9"):
-        callback._limit()
+        GradualUnfreezing(start_layers=9, encoder=encoder)._limit()
