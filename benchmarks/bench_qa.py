@@ -5,7 +5,8 @@ of `xquad.en.json` (file order) and scores the served answers to the questions o
 last 10 with the official SQuAD v1.1 exact match and F1. Prints and writes JSON.
 
     .venv/bin/python benchmarks/bench_qa.py [--seq-length 384] [--doc-stride 128]
-        [--epochs 3] [--learning-rate 1e-4] [--batch-size 16] [--json PATH]
+        [--epochs 8] [--learning-rate 1e-4] [--batch-size 16] [--freeze-embeddings]
+        [--json PATH]
 """
 
 import argparse
@@ -27,11 +28,13 @@ def main(argv=None) -> int:
     parser.add_argument("--encoder", default="minilm-l6")
     parser.add_argument("--seq-length", type=int, default=384)
     parser.add_argument("--doc-stride", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--warmup-ratio", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--freeze-embeddings", action="store_true",
+                        help="train the transformer layers but not the embeddings")
     parser.add_argument("--output", default=None, help="also save the run (metrics, export) here")
     parser.add_argument("--json", default=os.path.join(HERE, "results", "qa.json"))
     args = parser.parse_args(argv)
@@ -46,7 +49,7 @@ def main(argv=None) -> int:
                     doc_stride=args.doc_stride, epochs=args.epochs,
                     learning_rate=args.learning_rate, batch_size=args.batch_size,
                     warmup_ratio=args.warmup_ratio, seed=args.seed,
-                    trainable_layers="all")
+                    trainable_layers="all", train_embeddings=not args.freeze_embeddings)
     start = time.time()
     result = fine_tune_qa(train, held_out, verbose=2, **settings)
     wall = time.time() - start
