@@ -17,3 +17,14 @@ def write_figures(figures: dict, path: str, quiet: bool = False) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
         json.dump(figures, f, indent=2)
+
+
+def limit_threads(threads) -> None:
+    """Caps TensorFlow's op threads (call before any TF work), so two benchmarks can share
+    the machine one core each; None keeps TensorFlow's default (all cores)."""
+    if not threads:
+        return
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)

@@ -13,7 +13,7 @@ import platform
 import sys
 import time
 
-from _common import peak_mib, write_figures
+from _common import limit_threads, peak_mib, write_figures
 
 COLUMNS = ["source", "label", "original_label", "sentence"]
 
@@ -26,8 +26,11 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="TensorFlow op threads (default: all cores)")
     parser.add_argument("--json", default="benchmarks/results/cola_seeds.json")
     args = parser.parse_args(argv)
+    limit_threads(args.threads)
 
     from keras_bert_ft import data as data_lib
     from keras_bert_ft.seeds import format_summary, run_seeds

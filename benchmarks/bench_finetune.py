@@ -27,6 +27,7 @@ import numpy as np
 BATCH = 32
 
 
+_LEGACY_KERAS_BEFORE = os.environ.get("TF_USE_LEGACY_KERAS")  # before keras_bert_ft sets it
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -194,12 +195,13 @@ def child(args) -> int:
     return 0
 
 
-def spawn(command, name):
+def spawn(command, name, env=None):
     """Runs one child; returns its figures, or why it has none."""
     print(f"--- {name}", flush=True)
     start = time.perf_counter()
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+                          env={**(os.environ if env is None else env),
+                               "TF_CPP_MIN_LOG_LEVEL": "2"})
     lines = [line for line in proc.stdout.splitlines() if line.startswith(("FIGURES ", "{"))]
     if proc.returncode or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -225,7 +227,20 @@ def run_anchor(name, args):
                   "--train", os.path.join(args.data, "train.tsv"),
                   "--dev", os.path.join(args.data, "test.tsv"),
                   "--examples", str(args.examples), "--batch-size", str(BATCH),
-                  "--model-dir", model_dir], name)
+                  "--model-dir", model_dir], name, env=anchor_env())
+
+
+def anchor_env():
+    """The environment without what importing keras_bert_ft set: TF_USE_LEGACY_KERAS=1
+    would send the keras-hub venv's `tf.keras` to a tf_keras it does not have (a
+    RecursionError in TensorFlow's lazy loader)."""
+    env = dict(os.environ)
+    if _LEGACY_KERAS_BEFORE is None:
+        env.pop("TF_USE_LEGACY_KERAS", None)
+    else:
+        env["TF_USE_LEGACY_KERAS"] = _LEGACY_KERAS_BEFORE
+    env.pop("PYTHONPATH", None)
+    return env
 
 
 def main(argv=None) -> int:
@@ -273,8 +288,11 @@ def main(argv=None) -> int:
     flops, tokens = useful_flops_per_example(pre, train_texts[:args.examples])
     figures["mean_real_tokens_per_example"] = round(tokens, 1)
     figures["training_gflop_per_example"] = round(flops / 1e9, 3)
+    # A run training the top k of L layers does the forward pass of all L and the backward
+    # pass (2x the forward) of k: (L + 2k) / 3L of full training's FLOPs.
+    share = lambda run: (6 + 2 * run.get("options", {}).get("trainable_layers", 6)) / 18  # noqa: E731
     figures["mfu"] = {
-        name: round(run["examples_per_second"] * flops / (1e9 * figures[
+        name: round(run["examples_per_second"] * flops * share(run) / (1e9 * figures[
             "matmul_bf16_gflops" if "bfloat16" in name else "matmul_fp32_gflops"]), 4)
         for name, run in runs.items() if "examples_per_second" in run}
     figures["tokenize_pack_128"] = tokenizer_throughput(pre, train_texts, vocab)

@@ -15,10 +15,32 @@ import platform
 import sys
 import time
 
-from _common import peak_mib, write_figures
+from _common import limit_threads, peak_mib, write_figures
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "..", "shared", "data", "xquad", "xquad.en.json")
+
+
+def HeldOutScores(config, examples):
+    """A callback scoring the held-out questions after each epoch (exact match, F1)."""
+    from keras_bert_ft._keras import keras
+    from keras_bert_ft.tasks import common
+    from keras_bert_ft.tasks.qa import QAServing, evaluate
+
+    class _Scores(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.scores = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            preprocessor = common.task_preprocessor(self.model.encoder, config)
+            m = evaluate(QAServing(self.model, preprocessor, config), examples)
+            self.scores.append({"epoch": epoch + 1, "exact_match": round(m["exact_match"], 4),
+                                "f1": round(m["f1"], 4)})
+            print(f"held-out after epoch {epoch + 1}: EM {m['exact_match']:.4f} "
+                  f"F1 {m['f1']:.4f}", flush=True)
+
+    return _Scores()
 
 
 def main(argv=None) -> int:
@@ -35,23 +57,41 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--freeze-embeddings", action="store_true",
                         help="train the transformer layers but not the embeddings")
+    parser.add_argument("--encoder-impl", default="auto", choices=["auto", "native", "hub"])
+    parser.add_argument("--mixed-precision", default=None,
+                        choices=["mixed_bfloat16", "mixed_float16"])
+    parser.add_argument("--encoder-learning-rate", type=float, default=None)
+    parser.add_argument("--layer-decay", type=float, default=1.0)
+    parser.add_argument("--eval-every-epoch", action="store_true",
+                        help="also score the held-out questions after every epoch (the "
+                             "final figures stay those of the last epoch)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="TensorFlow op threads (default: all cores)")
     parser.add_argument("--output", default=None, help="also save the run (metrics, export) here")
     parser.add_argument("--json", default=os.path.join(HERE, "results", "qa.json"))
     args = parser.parse_args(argv)
+    limit_threads(args.threads)
     if not os.path.isfile(args.data):
         print(f"XQuAD not found at {args.data}: pass --data path/to/xquad.en.json")
         return 2
 
     from keras_bert_ft.tasks.qa import fine_tune_qa, split_articles
+    from keras_bert_ft.tasks import common
 
     train, held_out = split_articles(args.data, args.train_articles)
     settings = dict(encoder=args.encoder, seq_length=args.seq_length,
                     doc_stride=args.doc_stride, epochs=args.epochs,
                     learning_rate=args.learning_rate, batch_size=args.batch_size,
                     warmup_ratio=args.warmup_ratio, seed=args.seed,
-                    trainable_layers="all", train_embeddings=not args.freeze_embeddings)
+                    trainable_layers="all", train_embeddings=not args.freeze_embeddings,
+                    encoder_impl=args.encoder_impl, mixed_precision=args.mixed_precision,
+                    encoder_learning_rate=args.encoder_learning_rate,
+                    layer_decay=args.layer_decay)
+    callbacks = []
+    if args.eval_every_epoch:
+        callbacks.append(HeldOutScores(common.TaskConfig(**settings), held_out))
     start = time.time()
-    result = fine_tune_qa(train, held_out, verbose=2, **settings)
+    result = fine_tune_qa(train, held_out, verbose=2, callbacks=callbacks, **settings)
     wall = time.time() - start
     if args.output:
         result.save(args.output)
@@ -68,6 +108,7 @@ def main(argv=None) -> int:
         "exact_match": round(m["exact_match"], 4),
         "f1": round(m["f1"], 4),
         "train_loss_per_epoch": [round(x, 4) for x in result.history["loss"]],
+        **({"held_out_per_epoch": callbacks[0].scores} if callbacks else {}),
         "train_windows_per_second": m["train_examples_per_second"],
         "peak_memory_mib": round(peak_mib(), 1),
         "wall_seconds": round(wall, 1),

@@ -38,7 +38,10 @@ class NativeEncoder(keras.layers.Layer):
     """A BERT encoder from a TF-Hub SavedModel, rebuilt natively; HubEncoder's interface.
 
     Args: as `HubEncoder` (handle, trainable_layers, train_embeddings, train_pooler,
-        reinit_layers, reinit_pooler, reinit_seed).
+        reinit_layers, reinit_pooler, reinit_seed), plus
+        frozen_inference: frozen groups (embeddings, layers) run in inference mode while
+            training, without dropout; False keeps dropout everywhere, as the restored
+            SavedModel graph (one `training` flag for the whole encoder) must.
     Raises `NotRecognised` when the SavedModel's variables are not tf-models' BERT layout.
 
     Example:
@@ -49,14 +52,15 @@ class NativeEncoder(keras.layers.Layer):
     def __init__(self, handle: str, *, trainable_layers: TrainableSpec = "all",
                  train_embeddings: Optional[bool] = None, train_pooler: bool = True,
                  reinit_layers: int = 0, reinit_pooler: Optional[bool] = None,
-                 reinit_seed: Optional[int] = None, name: str = "encoder",
-                 load_options=None, **kwargs):
+                 reinit_seed: Optional[int] = None, frozen_inference: bool = True,
+                 name: str = "encoder", load_options=None, **kwargs):
         if not isinstance(handle, str) or not handle:
             raise bad_argument("handle", handle,
                                "a preset name, URL, local folder or gs:// path")
         super().__init__(name=name, **kwargs)
         self._requested_handle = handle
         self._layer_pattern = None
+        self.frozen_inference = bool(frozen_inference)
         resolved = presets.resolve_encoder(handle)
         check_local_handle(resolved)
         with concurrent.futures.ThreadPoolExecutor(1) as thread:
@@ -73,7 +77,33 @@ class NativeEncoder(keras.layers.Layer):
             self.reinitialize(reinit_layers, pooler=reinit_pooler, seed=reinit_seed)
 
     def call(self, inputs, training=None):
-        return self.bert(inputs, training=training)
+        if not training or not self.frozen_inference:
+            return self.bert(inputs, training=training)
+        active = set(self.trainable_groups) if self.trainable else set()
+        if active >= {"embeddings", *(f"layer_{i}" for i in range(self.num_layers))}:
+            return self.bert(inputs, training=True)
+        return self._forward(inputs, active)
+
+    def _forward(self, inputs, active):
+        """BertEncoder's forward pass, its own layers in its own order, with each frozen
+        group in inference mode: a frozen layer is a fixed feature extractor, so it draws
+        no dropout masks (as Keras runs a frozen BatchNormalization in inference mode).
+        This saves the frozen layers' dropout work, and the trained layers see the
+        features they will see when serving."""
+        by_name = {layer.name: layer for layer in self.bert.layers}
+        by_type = {type(layer).__name__: layer for layer in self.bert.layers}
+        word = by_name["word_embeddings"](inputs["input_word_ids"])
+        x = by_type["Add"]([word, by_name["position_embedding"](word),
+                            by_name["type_embeddings"](inputs["input_type_ids"])])
+        x = by_name["embeddings/layer_norm"](x)
+        x = by_type["Dropout"](x, training="embeddings" in active)
+        mask = by_type["SelfAttentionMask"](x, inputs["input_mask"])
+        outputs = []
+        for i in range(self.num_layers):
+            x = by_name[f"transformer/layer_{i}"]([x, mask], training=f"layer_{i}" in active)
+            outputs.append(x)
+        return {"sequence_output": x, "pooled_output": by_name["pooler_transform"](x[:, 0, :]),
+                "encoder_outputs": outputs}
 
     # The same groups, reports and trainability rules as HubEncoder.
     handle = HubEncoder.handle

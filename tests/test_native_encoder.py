@@ -47,6 +47,26 @@ def test_native_trains_exactly_the_chosen_layers(encoder4):
         v.name for v in encoder.layer_groups()["layer_3"]}
 
 
+def test_frozen_groups_run_in_inference_mode_while_training(encoder4):
+    """Top 1 of 4 layers trainable: embeddings and layers 0-2 draw no dropout masks in a
+    training call (the same outputs as inference), layer 3 does; with every group
+    trainable, or `frozen_inference=False`, dropout runs everywhere, as in BertEncoder."""
+    encoder = NativeEncoder(encoder4, trainable_layers=1)
+    eval_out = encoder(_inputs(), training=False)
+    first, second = (encoder(_inputs(), training=True) for _ in range(2))
+    for i in range(3):
+        np.testing.assert_allclose(first["encoder_outputs"][i].numpy(),
+                                   eval_out["encoder_outputs"][i].numpy(), atol=1e-6)
+    assert not np.allclose(first["sequence_output"].numpy(), second["sequence_output"].numpy())
+    np.testing.assert_allclose(eval_out["sequence_output"].numpy(),
+                               encoder.bert(_inputs(), training=False)["sequence_output"].numpy(),
+                               atol=1e-6)
+    for everywhere in (NativeEncoder(encoder4),
+                       NativeEncoder(encoder4, trainable_layers=1, frozen_inference=False)):
+        a, b = (everywhere(_inputs(), training=True)["encoder_outputs"][0] for _ in range(2))
+        assert not np.allclose(a.numpy(), b.numpy())
+
+
 def test_mixed_bfloat16_reaches_the_native_encoder(encoder4):
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_bfloat16")

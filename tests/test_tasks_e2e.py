@@ -215,3 +215,39 @@ def test_cli_train_task_and_predict(tagging, tmp_path, monkeypatch, capsys):
     assert cli.main(["train", "--task", "tagging", "--train", "x", "--train-articles", "3",
                      "--output", out]) == 2
     assert "train_articles must be used only with --task qa" in capsys.readouterr().err
+
+
+def test_tasks_build_the_native_encoder_under_mixed_precision_with_layer_decay(encoder2):
+    """QA (and every task through `common`) takes the native encoder, a mixed-precision
+    policy that reaches its matmuls (variables and logits stay float32) and layer-wise
+    rates; the global policy is restored afterwards."""
+    import tensorflow as tf
+    from keras_bert_ft._keras import keras
+    from keras_bert_ft.native_encoder import NativeEncoder
+
+    rng = np.random.RandomState(3)
+    train = [qa_example(rng) for _ in range(32)]
+    result = tasks.fine_tune_task(
+        "qa", train, None, encoder=encoder2, strategy="cpu",
+        **dict(TINY, epochs=1, seq_length=24, doc_stride=6, max_query_length=6,
+               mixed_precision="mixed_bfloat16", layer_decay=0.5, encoder_learning_rate=1e-3))
+    model = result.model
+    assert isinstance(model.encoder, NativeEncoder)
+    assert model.encoder.compute_dtype == "bfloat16"
+    assert {v.dtype for v in model.weights} == {tf.float32}
+    assert model.output.dtype == tf.float32
+    assert np.isfinite(result.history["loss"]).all()
+    assert keras.mixed_precision.global_policy().name == "float32"
+    # head 3e-3; top layer 1e-3 (1/3); layer_0 x0.5; embeddings x0.25.
+    factors = sorted(set(round(f, 6) for f in
+                         model.optimizer.learning_rate_multipliers.values()))
+    assert factors == [round(1 / 12, 6), round(1 / 6, 6), round(1 / 3, 6)]
+
+
+@pytest.mark.parametrize("field, value", [("encoder_impl", "torch"),
+                                          ("mixed_precision", "fp8"),
+                                          ("layer_decay", 1.5),
+                                          ("encoder_learning_rate", -1.0)])
+def test_task_config_names_bad_speed_and_rate_settings(field, value):
+    with pytest.raises(KbftError, match=f"Received: {field}="):
+        tasks.fine_tune_task("qa", [], None, **{field: value})

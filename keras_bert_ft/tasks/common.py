@@ -6,6 +6,7 @@ exported model sees exactly what training saw. Metrics are computed in numpy fro
 predictions gathered on the host, so they are exact under any distribution strategy.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -19,6 +20,7 @@ from keras_bert_ft._keras import keras
 from keras_bert_ft import data as data_lib, export as export_lib
 from keras_bert_ft.encoder import HubEncoder, TrainableSpec
 from keras_bert_ft.errors import KbftError, bad_argument
+from keras_bert_ft.native_encoder import IMPLS, make_encoder
 from keras_bert_ft.optimization import create_optimizer
 from keras_bert_ft.preprocessing import (INPUT_KEYS, Preprocessor, check_seq_length,
                                          trim_to_longest)
@@ -62,6 +64,15 @@ class TaskConfig:
     max_answer_length: int = _field(30, "qa: longest answer, in word pieces")
     n_best_size: int = _field(20, "qa: start and end candidates per window")
     top_k: int = _field(3, "summarization: sentences in a summary")
+    encoder_impl: str = _field(
+        "auto", "native (rebuilt as tf-models BertEncoder: mixed precision reaches it), hub "
+                "(the restored SavedModel graph) or auto (native when recognised)")
+    mixed_precision: Optional[str] = _field(
+        None, "mixed_bfloat16 or mixed_float16 (native encoder path); default float32")
+    encoder_learning_rate: Optional[float] = _field(
+        None, "peak rate of the encoder's top layer (default: learning_rate, the head's)")
+    layer_decay: float = _field(1.0, "layer-wise rate decay: k layers below the top train "
+                                "at the encoder rate x decay^k, embeddings at x decay^L")
 
     def validate(self) -> "TaskConfig":
         for name in ("epochs", "batch_size", "doc_stride", "max_query_length",
@@ -75,6 +86,16 @@ class TaskConfig:
         if self.padding not in ("auto", *data_lib.PADDINGS):
             raise bad_argument("padding", self.padding,
                                f"one of auto, {', '.join(data_lib.PADDINGS)}")
+        if self.encoder_impl not in IMPLS:
+            raise bad_argument("encoder_impl", self.encoder_impl, f"one of {', '.join(IMPLS)}")
+        if self.mixed_precision not in (None, *training.PRECISIONS):
+            raise bad_argument("mixed_precision", self.mixed_precision,
+                               f"None or one of {', '.join(training.PRECISIONS)}")
+        rate = self.encoder_learning_rate
+        if rate is not None and not (isinstance(rate, (int, float)) and rate > 0):
+            raise bad_argument("encoder_learning_rate", rate, "None or a float > 0")
+        if not (isinstance(self.layer_decay, (int, float)) and 0 < self.layer_decay <= 1):
+            raise bad_argument("layer_decay", self.layer_decay, "a float in (0, 1]")
         return self
 
 
@@ -93,10 +114,19 @@ def resolve(config: Optional[TaskConfig], overrides: dict, strategy):
     return config, strategy
 
 
+@contextlib.contextmanager
+def model_scope(config: TaskConfig, strategy):
+    """Where a task's layers are built: the strategy's scope, under the run's precision."""
+    with strategy.scope(), training.precision_policy(config.mixed_precision):
+        yield
+
+
 def build_encoder(config: TaskConfig, strategy) -> HubEncoder:
-    with strategy.scope():
-        encoder = HubEncoder(config.encoder, trainable_layers=config.trainable_layers,
-                             train_embeddings=config.train_embeddings)
+    """The encoder: native when recognised (see `encoder_impl`), else the restored graph."""
+    with model_scope(config, strategy):
+        encoder = make_encoder(config.encoder, config.encoder_impl,
+                               trainable_layers=config.trainable_layers,
+                               train_embeddings=config.train_embeddings)
     check_seq_length(config.seq_length, encoder.max_seq_length)
     return encoder
 
@@ -124,10 +154,17 @@ def task_preprocessor(encoder: HubEncoder, config: TaskConfig) -> Preprocessor:
 def compile_model(model, config: TaskConfig, strategy, loss, train_items: int):
     """AdamW with warmup + linear decay over the run's steps, and the task's loss."""
     steps = math.ceil(train_items / config.batch_size) * config.epochs
+    multipliers = None
+    ratio = (config.encoder_learning_rate or config.learning_rate) / config.learning_rate
+    if config.layer_decay != 1.0 or ratio != 1.0:
+        from keras_bert_ft.layerwise import layer_multipliers
+        multipliers = layer_multipliers(model, layer_decay=config.layer_decay,
+                                        encoder_rate=ratio)
     with strategy.scope():
         optimizer = create_optimizer(config.learning_rate, total_steps=max(steps, 1),
                                      warmup_ratio=config.warmup_ratio,
-                                     weight_decay=config.weight_decay)
+                                     weight_decay=config.weight_decay,
+                                     learning_rate_multipliers=multipliers)
         model.compile(optimizer=optimizer, loss=loss)
     if config.verbose:
         print(model.trainable_report())

@@ -350,7 +350,7 @@ def fine_tune_qa(train, validation=None, config: Optional[common.TaskConfig] = N
     if validation is not None:
         val_ex = load_squad(validation)[:config.max_eval_examples or None]
     encoder = common.build_encoder(config, strategy)
-    with strategy.scope():
+    with common.model_scope(config, strategy):
         model = build_span_model(encoder)
     preprocessor = common.task_preprocessor(encoder, config)
     features, labels, skipped = featurize(preprocessor, train_ex, config)

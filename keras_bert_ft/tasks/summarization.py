@@ -333,7 +333,7 @@ def fine_tune_summarization(train, validation=None, config: Optional[common.Task
         val_docs = load_documents(validation, max_oracle_sentences=config.top_k,
                                   encoding=config.encoding)[:config.max_eval_examples or None]
     encoder = common.build_encoder(config, strategy)
-    with strategy.scope():
+    with common.model_scope(config, strategy):
         model = build_extractor(encoder, config.dropout)
     preprocessor = common.task_preprocessor(encoder, config)
     features, labels = featurize(preprocessor, train_docs, config.seq_length)

@@ -246,7 +246,7 @@ def fine_tune_tagging(train, validation=None, config: Optional[common.TaskConfig
         common.check_labels_known({t for tags in val_s.tags for t in tags}, tag_names,
                                   f"validation {val_s.source}")
     encoder = common.build_encoder(config, strategy)
-    with strategy.scope():
+    with common.model_scope(config, strategy):
         model = build_tagger(encoder, len(tag_names), config.dropout)
     preprocessor = common.task_preprocessor(encoder, config)
     features, labels = featurize(preprocessor, train_s,
