@@ -99,9 +99,20 @@ def _build(encoder, units: int, name: str, head_units, dropout, pooling) -> Fine
         raise bad_argument("pooling", pooling, f"one of {', '.join(heads.POOLINGS)}")
     if isinstance(encoder, str):
         encoder = HubEncoder(encoder)
+    if pooling != "pooled":
+        leave_pooler_untrained(encoder)
     inputs = encoder_inputs()
     outputs = encoder(inputs)
     x = heads.pool(outputs, inputs["input_mask"], pooling)
     x = heads.dense_blocks(x, tuple(head_units), dropout)
     logits = heads.logits_layer(units)(x)
     return FineTuneModel(inputs=inputs, outputs=logits, name=name)
+
+
+def leave_pooler_untrained(encoder) -> None:
+    """For heads that do not read `pooled_output` (`cls` / `mean` pooling, token, span
+    and sentence heads): the pooler leaves training. No gradient reaches it (Keras would
+    warn at every step), and weight decay alone would move it."""
+    encoder.set_trainable_layers(encoder._trainable_spec,
+                                 train_embeddings="embeddings" in encoder._trainable_groups,
+                                 train_pooler=False)

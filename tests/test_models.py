@@ -45,3 +45,13 @@ def test_errors_bad_arguments(encoder2, kwargs, arg):
     kwargs = {"num_classes": 2, **kwargs}
     with pytest.raises(KbftError, match=f"Received: {arg}="):
         build_classifier(HubEncoder(encoder2), kwargs.pop("num_classes"), **kwargs)
+
+
+@pytest.mark.parametrize("pooling, pooler_trains", [("pooled", True), ("cls", False),
+                                                    ("mean", False)])
+def test_the_pooler_trains_only_when_the_head_reads_it(encoder2, pooling, pooler_trains):
+    encoder = HubEncoder(encoder2, trainable_layers=1)
+    build_classifier(encoder, 2, pooling=pooling)
+    assert ("pooler" in encoder.trainable_groups) is pooler_trains
+    assert "layer_1" in encoder.trainable_groups and "layer_0" not in encoder.trainable_groups
+    assert "embeddings" not in encoder.trainable_groups

@@ -128,6 +128,8 @@ def build_encoder(config: TaskConfig, strategy) -> HubEncoder:
                                trainable_layers=config.trainable_layers,
                                train_embeddings=config.train_embeddings)
     check_seq_length(config.seq_length, encoder.max_seq_length)
+    from keras_bert_ft.models import leave_pooler_untrained
+    leave_pooler_untrained(encoder)  # the task heads read the sequence output
     return encoder
 
 
