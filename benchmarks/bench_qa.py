@@ -55,6 +55,11 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--warmup-ratio", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cloze", type=int, default=0, metavar="N",
+                        help="add up to N cloze questions per training context "
+                             "(tasks.qa.cloze_questions; 0: none)")
+    parser.add_argument("--trainable-layers", default="all",
+                        help='"all" or the number of top layers to train')
     parser.add_argument("--freeze-embeddings", action="store_true",
                         help="train the transformer layers but not the embeddings")
     parser.add_argument("--encoder-impl", default="auto", choices=["auto", "native", "hub"])
@@ -79,11 +84,17 @@ def main(argv=None) -> int:
     from keras_bert_ft.tasks import common
 
     train, held_out = split_articles(args.data, args.train_articles)
+    real_questions = len(train)
+    if args.cloze:
+        from keras_bert_ft.tasks.qa import cloze_questions
+        train = train + cloze_questions(train, per_context=args.cloze, seed=args.seed)
     settings = dict(encoder=args.encoder, seq_length=args.seq_length,
                     doc_stride=args.doc_stride, epochs=args.epochs,
                     learning_rate=args.learning_rate, batch_size=args.batch_size,
                     warmup_ratio=args.warmup_ratio, seed=args.seed,
-                    trainable_layers="all", train_embeddings=not args.freeze_embeddings,
+                    trainable_layers=(args.trainable_layers if args.trainable_layers == "all"
+                                      else int(args.trainable_layers)),
+                    train_embeddings=False if args.freeze_embeddings else None,
                     encoder_impl=args.encoder_impl, mixed_precision=args.mixed_precision,
                     encoder_learning_rate=args.encoder_learning_rate,
                     layer_decay=args.layer_decay)
@@ -101,7 +112,8 @@ def main(argv=None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}",
         "data": f"XQuAD en, first {args.train_articles} articles train, the rest held out",
         "settings": settings,
-        "train_questions": m["train_examples"],
+        "train_questions": real_questions,
+        "cloze_questions": m["train_examples"] - real_questions,
         "train_windows": m["train_windows"],
         "train_skipped": m["train_skipped"],
         "held_out_questions": m["eval_questions"],

@@ -120,3 +120,22 @@ def test_load_squad_records_and_errors():
         qa.split_articles(articles, 1)
     with pytest.raises(ValueError, match="Received: data"):
         qa.load_squad([1, 2])
+
+
+def test_cloze_questions_blank_a_name_or_number_of_one_sentence():
+    context = ("Ada Lovelace wrote the first program in 1843 for the engine. "
+               "It ran on the Analytical Engine of Charles Babbage in London. Short one.")
+    real = [qa.QAExample("who?", context, ["Ada Lovelace"], [0]),
+            qa.QAExample("when?", context, ["1843"], [41])]  # the same context: used once
+    made = qa.cloze_questions(real, seed=0)
+    assert len(made) == 2  # "Short one." has under six words
+    for ex in made:
+        start, answer = ex.answer_starts[0], ex.answers[0]
+        assert context[start:start + len(answer)] == answer
+        assert qa.answer_bytes(ex) is not None
+        assert "what" in ex.question and answer not in ex.question and ex.question.endswith("?")
+        assert not ex.question.startswith("what")  # never a sentence's first word
+    assert {e.answers[0] for e in made} <= {"1843", "Analytical Engine of Charles Babbage",
+                                            "London"}
+    assert len(qa.cloze_questions(real, per_context=1)) == 1
+    assert qa.cloze_questions(real, seed=0) == made  # deterministic per seed

@@ -13,6 +13,7 @@ returns the span with the highest start + end logit over all windows of the ques
 import dataclasses
 import json
 import os
+import re
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -95,6 +96,52 @@ def load_squad(source) -> List[QAExample]:
                 for i, r in enumerate(rows)]
     raise bad_argument("data", type(rows[0]).__name__, "a SQuAD JSON path, SQuAD articles, "
                        "QAExample objects or {question, context, answers, answer_starts} records")
+
+
+# Cloze questions: a sentence of the context with one span replaced by a wh-word.
+_SENTENCE = re.compile(r"[^.!?]+(?:[.!?]+|$)")
+_SPAN = re.compile(
+    r"\b\d[\d,.]*(?:\s(?:percent|million|billion|years?|km|miles))?\b"  # numbers, years
+    r"|\b[A-Z][\w'-]+(?:\s(?:of|the|de|and|for)\s[A-Z][\w'-]+|\s[A-Z][\w'-]+)*")  # names
+
+
+def cloze_questions(examples: Sequence[QAExample], per_context: int = 8,
+                    seed: int = 0) -> List[QAExample]:
+    """Synthetic questions from the contexts of `examples` (Lewis et al. 2019's cloze
+    questions): a sentence whose name or number span (not its first word) is replaced
+    by "what", answered by that span. They teach span selection on the training
+    contexts only, which helps when a few hundred real questions are all there is.
+
+    Args:
+        examples: questions whose distinct contexts are used; their answers are not.
+        per_context: at most this many cloze questions per context (one per sentence).
+
+    Example:
+        >>> train = train + cloze_questions(train)  # then fine_tune_qa(train, ...)
+    """
+    rng = np.random.RandomState(seed)
+    out, seen = [], set()
+    for ex in examples:
+        if ex.context in seen:
+            continue
+        seen.add(ex.context)
+        made = []
+        for sentence in _SENTENCE.finditer(ex.context):
+            text = sentence.group()
+            lead = len(text) - len(text.lstrip())
+            spans = [m for m in _SPAN.finditer(text) if m.start() > lead]
+            if not spans or len(text.split()) < 6:
+                continue
+            span = spans[rng.randint(len(spans))]
+            question = (text[lead:span.start()] + "what" + text[span.end():]).strip()
+            question = question.rstrip(".!?") + "?"
+            made.append(QAExample(question, ex.context, [span.group()],
+                                  [sentence.start() + span.start()],
+                                  qid=f"cloze-{len(out) + len(made)}", title=ex.title))
+        if len(made) > per_context:
+            made = [made[i] for i in sorted(rng.choice(len(made), per_context, replace=False))]
+        out.extend(made)
+    return out
 
 
 # ---------------------------------------------------------------------------- graph
