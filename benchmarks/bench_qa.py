@@ -84,10 +84,6 @@ def main(argv=None) -> int:
     from keras_bert_ft.tasks import common
 
     train, held_out = split_articles(args.data, args.train_articles)
-    real_questions = len(train)
-    if args.cloze:
-        from keras_bert_ft.tasks.qa import cloze_questions
-        train = train + cloze_questions(train, per_context=args.cloze, seed=args.seed)
     settings = dict(encoder=args.encoder, seq_length=args.seq_length,
                     doc_stride=args.doc_stride, epochs=args.epochs,
                     learning_rate=args.learning_rate, batch_size=args.batch_size,
@@ -97,7 +93,7 @@ def main(argv=None) -> int:
                     train_embeddings=False if args.freeze_embeddings else None,
                     encoder_impl=args.encoder_impl, mixed_precision=args.mixed_precision,
                     encoder_learning_rate=args.encoder_learning_rate,
-                    layer_decay=args.layer_decay)
+                    layer_decay=args.layer_decay, cloze=args.cloze)
     callbacks = []
     if args.eval_every_epoch:
         callbacks.append(HeldOutScores(common.TaskConfig(**settings), held_out))
@@ -112,8 +108,8 @@ def main(argv=None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}",
         "data": f"XQuAD en, first {args.train_articles} articles train, the rest held out",
         "settings": settings,
-        "train_questions": real_questions,
-        "cloze_questions": m["train_examples"] - real_questions,
+        "train_questions": m["train_examples"],
+        "cloze_questions": m["cloze_questions"],
         "train_windows": m["train_windows"],
         "train_skipped": m["train_skipped"],
         "held_out_questions": m["eval_questions"],

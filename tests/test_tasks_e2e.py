@@ -247,7 +247,8 @@ def test_tasks_build_the_native_encoder_under_mixed_precision_with_layer_decay(e
 @pytest.mark.parametrize("field, value", [("encoder_impl", "torch"),
                                           ("mixed_precision", "fp8"),
                                           ("layer_decay", 1.5),
-                                          ("encoder_learning_rate", -1.0)])
+                                          ("encoder_learning_rate", -1.0),
+                                          ("cloze", -1)])
 def test_task_config_names_bad_speed_and_rate_settings(field, value):
     with pytest.raises(KbftError, match=f"Received: {field}="):
         tasks.fine_tune_task("qa", [], None, **{field: value})

@@ -10,7 +10,8 @@ from keras_bert_ft.errors import bad_argument
 from keras_bert_ft.tasks import TASKS
 
 # TaskConfig fields that `kbft train` has no flag for otherwise.
-_TASK_FLAGS = ("doc_stride", "max_query_length", "max_answer_length", "n_best_size", "top_k")
+_TASK_FLAGS = ("doc_stride", "max_query_length", "max_answer_length", "n_best_size", "top_k",
+               "cloze")
 
 
 def add_task_arguments(parser) -> None:

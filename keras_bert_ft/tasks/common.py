@@ -64,6 +64,8 @@ class TaskConfig:
     max_answer_length: int = _field(30, "qa: longest answer, in word pieces")
     n_best_size: int = _field(20, "qa: start and end candidates per window")
     top_k: int = _field(3, "summarization: sentences in a summary")
+    cloze: int = _field(0, "qa: add up to N cloze questions per training context "
+                        "(a name or number of a sentence blanked; 0: none)")
     encoder_impl: str = _field(
         "auto", "native (rebuilt as tf-models BertEncoder: mixed precision reaches it), hub "
                 "(the restored SavedModel graph) or auto (native when recognised)")
@@ -80,6 +82,8 @@ class TaskConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad_argument(name, value, "an int >= 1")
+        if isinstance(self.cloze, bool) or not isinstance(self.cloze, int) or self.cloze < 0:
+            raise bad_argument("cloze", self.cloze, "an int >= 0")
         check_seq_length(self.seq_length)
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
             raise bad_argument("learning_rate", self.learning_rate, "a float > 0")

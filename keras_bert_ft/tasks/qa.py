@@ -380,7 +380,9 @@ def fine_tune_qa(train, validation=None, config: Optional[common.TaskConfig] = N
             records (see `load_squad`). Training uses each question's first answer;
             validation scores against all of them.
         config: a `TaskConfig` (`seq_length`, `doc_stride`, `max_query_length`,
-            `max_answer_length`, `n_best_size`); keyword `overrides` replace its fields.
+            `max_answer_length`, `n_best_size`, `cloze`: cloze questions from the
+            training contexts, see `cloze_questions`); keyword `overrides` replace its
+            fields.
 
     Example:
         >>> train, held_out = split_articles("xquad.en.json", 38)
@@ -393,6 +395,9 @@ def fine_tune_qa(train, validation=None, config: Optional[common.TaskConfig] = N
                            f"<= seq_length - 4 = {config.seq_length - 4}, leaving room "
                            "for context")
     train_ex = load_squad(train)[:config.max_train_examples or None]
+    real_questions = len(train_ex)
+    if config.cloze:
+        train_ex = train_ex + cloze_questions(train_ex, config.cloze, seed=config.seed)
     val_ex = None
     if validation is not None:
         val_ex = load_squad(validation)[:config.max_eval_examples or None]
@@ -407,6 +412,7 @@ def fine_tune_qa(train, validation=None, config: Optional[common.TaskConfig] = N
     history, speed = common.fit(model, dataset, config, len(labels), callbacks)
     serving = QAServing(model, preprocessor, config)
     metrics = evaluate(serving, val_ex) if val_ex is not None else {}
-    metrics.update(train_examples=len(train_ex), train_windows=int(len(labels)),
+    metrics.update(train_examples=real_questions, cloze_questions=len(train_ex) - real_questions,
+                   train_windows=int(len(labels)),
                    train_skipped=skipped, train_examples_per_second=speed)
     return QAResult("qa", model, serving, config, history, metrics, strategy)
