@@ -124,11 +124,7 @@ class FineTuneConfig:
         if self.learning_rate is not None and not (
                 isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
             raise bad_argument("learning_rate", self.learning_rate, "a float > 0")
-        if self.encoder_impl not in IMPLS:
-            raise bad_argument("encoder_impl", self.encoder_impl, f"one of {', '.join(IMPLS)}")
-        if self.mixed_precision not in (None, *PRECISIONS):
-            raise bad_argument("mixed_precision", self.mixed_precision,
-                               f"None or one of {', '.join(PRECISIONS)}")
+        check_encoder_settings(self)
         if self.padding not in ("auto", *data_lib.PADDINGS):
             raise bad_argument("padding", self.padding,
                                f"one of auto, {', '.join(data_lib.PADDINGS)}")
@@ -139,15 +135,29 @@ class FineTuneConfig:
         return self
 
 
-def validate_research_fields(config: "FineTuneConfig") -> None:
-    """Checks the layer-wise rate, re-init and gradual-unfreezing fields."""
+def check_encoder_settings(config) -> None:
+    """`encoder_impl` and `mixed_precision` of a FineTuneConfig or a tasks.TaskConfig."""
+    if config.encoder_impl not in IMPLS:
+        raise bad_argument("encoder_impl", config.encoder_impl, f"one of {', '.join(IMPLS)}")
+    if config.mixed_precision not in (None, *PRECISIONS):
+        raise bad_argument("mixed_precision", config.mixed_precision,
+                           f"None or one of {', '.join(PRECISIONS)}")
+
+
+def check_layer_rates(config) -> None:
+    """`encoder_learning_rate` and `layer_decay` of a FineTuneConfig or a tasks.TaskConfig."""
     from keras_bert_ft.layerwise import check_rates
-    from keras_bert_ft.unfreeze import UNITS
     rate = config.encoder_learning_rate
     if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float))
                              or not rate > 0):
         raise bad_argument("encoder_learning_rate", rate, "a float > 0, or None")
     check_rates(config.layer_decay, 1.0)
+
+
+def validate_research_fields(config: "FineTuneConfig") -> None:
+    """Checks the layer-wise rate, re-init and gradual-unfreezing fields."""
+    from keras_bert_ft.unfreeze import UNITS
+    check_layer_rates(config)
     for name in ("reinit_layers", "unfreeze_every"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -20,7 +20,7 @@ from keras_bert_ft._keras import keras
 from keras_bert_ft import data as data_lib, export as export_lib
 from keras_bert_ft.encoder import HubEncoder, TrainableSpec
 from keras_bert_ft.errors import KbftError, bad_argument
-from keras_bert_ft.native_encoder import IMPLS, make_encoder
+from keras_bert_ft.native_encoder import make_encoder
 from keras_bert_ft.optimization import create_optimizer
 from keras_bert_ft.preprocessing import (INPUT_KEYS, Preprocessor, check_seq_length,
                                          trim_to_longest)
@@ -90,16 +90,8 @@ class TaskConfig:
         if self.padding not in ("auto", *data_lib.PADDINGS):
             raise bad_argument("padding", self.padding,
                                f"one of auto, {', '.join(data_lib.PADDINGS)}")
-        if self.encoder_impl not in IMPLS:
-            raise bad_argument("encoder_impl", self.encoder_impl, f"one of {', '.join(IMPLS)}")
-        if self.mixed_precision not in (None, *training.PRECISIONS):
-            raise bad_argument("mixed_precision", self.mixed_precision,
-                               f"None or one of {', '.join(training.PRECISIONS)}")
-        rate = self.encoder_learning_rate
-        if rate is not None and not (isinstance(rate, (int, float)) and rate > 0):
-            raise bad_argument("encoder_learning_rate", rate, "None or a float > 0")
-        if not (isinstance(self.layer_decay, (int, float)) and 0 < self.layer_decay <= 1):
-            raise bad_argument("layer_decay", self.layer_decay, "a float in (0, 1]")
+        training.check_encoder_settings(self)
+        training.check_layer_rates(self)
         return self
 
 
@@ -160,12 +152,7 @@ def task_preprocessor(encoder: HubEncoder, config: TaskConfig) -> Preprocessor:
 def compile_model(model, config: TaskConfig, strategy, loss, train_items: int):
     """AdamW with warmup + linear decay over the run's steps, and the task's loss."""
     steps = math.ceil(train_items / config.batch_size) * config.epochs
-    multipliers = None
-    ratio = (config.encoder_learning_rate or config.learning_rate) / config.learning_rate
-    if config.layer_decay != 1.0 or ratio != 1.0:
-        from keras_bert_ft.layerwise import layer_multipliers
-        multipliers = layer_multipliers(model, layer_decay=config.layer_decay,
-                                        encoder_rate=ratio)
+    multipliers = training.learning_rate_multipliers(model, config)
     with strategy.scope():
         optimizer = create_optimizer(config.learning_rate, total_steps=max(steps, 1),
                                      warmup_ratio=config.warmup_ratio,
