@@ -29,6 +29,9 @@ probe)  # where SST-2's information lives, before and after fine-tuning
     name=$([ "$model" = minilm-l6 ] && echo pretrained || echo finetuned)
     $KBFT probe --model $model --train $SST2/train.tsv --validation $SST2/test.tsv \
         --max-train-examples 2000 --seq-length 64 --json $OUT/probe_sst2_$name.json
+    $KBFT probe --model $model --train $SST2/train.tsv --validation $SST2/test.tsv \
+        --max-train-examples 2000 --seq-length 64 --representation mean \
+        --json $OUT/probe_sst2_${name}_mean.json
   done ;;
 cola)   # AdamW with / without bias correction, 5 seeds each
   $PY benchmarks/bench_cola_seeds.py --examples 2000 --seeds 5 --epochs 2 ;;

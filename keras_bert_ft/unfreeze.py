@@ -28,7 +28,8 @@ class GradualUnfreezing(keras.callbacks.Callback):
         unfreeze_embeddings: after the last layer, one more stage unfreezes the embeddings.
         encoder: the `HubEncoder`; default: the model's layer named `encoder`.
 
-    `stages` records `(epoch, global step, trainable layers)` at each change.
+    `stages` records `(epoch, global step, trainable layers, embeddings trainable)` at
+    each change.
 
     Example:
         >>> model.fit(ds, epochs=4, callbacks=[GradualUnfreezing(every=1)])
@@ -70,7 +71,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
     def _apply(self) -> None:
         self.encoder.set_trainable_layers(self.layers, train_embeddings=self.embeddings)
         self.model.train_function = self.model.make_train_function(force=True)
-        self.stages.append((self._epoch, self._step, self.layers))
+        self.stages.append((self._epoch, self._step, self.layers, self.embeddings))
         if self.verbose:
             print(f"\nGradualUnfreezing: top {self.layers} layer(s) trainable"
                   f"{' + embeddings' if self.embeddings else ''} "
