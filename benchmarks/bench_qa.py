@@ -73,6 +73,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="TensorFlow op threads (default: all cores)")
     parser.add_argument("--output", default=None, help="also save the run (metrics, export) here")
+    parser.add_argument("--save-weights", default=None, metavar="PATH",
+                        help="also save the span model's weights here (an .h5 file), as "
+                             "bench_qa_ensemble.py reads them")
     parser.add_argument("--json", default=os.path.join(HERE, "results", "qa.json"))
     args = parser.parse_args(argv)
     limit_threads(args.threads)
@@ -102,6 +105,8 @@ def main(argv=None) -> int:
     wall = time.time() - start
     if args.output:
         result.save(args.output)
+    if args.save_weights:
+        result.model.save_weights(args.save_weights)
     m = result.metrics
     figures = {
         "date": time.strftime("%Y-%m-%d"),

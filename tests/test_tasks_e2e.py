@@ -252,3 +252,57 @@ def test_tasks_build_the_native_encoder_under_mixed_precision_with_layer_decay(e
 def test_task_config_names_bad_speed_and_rate_settings(field, value):
     with pytest.raises(KbftError, match=f"Received: {field}="):
         tasks.fine_tune_task("qa", [], None, **{field: value})
+
+
+def test_qa_runs_restore_from_weights_and_ensemble_by_mean_logits(qa, tmp_path):
+    """`restore_qa` rebuilds a run from its saved weights (same answers); `ensemble_qa`
+    averages the members' start/end logits, scores, and exports like one run."""
+    import tensorflow as tf
+    from keras_bert_ft.tasks.qa import ensemble_qa, restore_qa
+
+    weights = str(tmp_path / "member.h5")
+    qa.model.save_weights(weights)
+    restored = restore_qa(weights, qa.config)
+    questions = ["how is the plot ?", "how is the acting ?"]
+    contexts = ["the plot great and the film fun", "it was the acting love " * 4]
+    assert restored.predict(questions, contexts) == qa.predict(questions, contexts)
+
+    rng = np.random.RandomState(1)
+    train = [qa_example(rng) for _ in range(160)]
+    dev = [qa_example(rng) for _ in range(40)]
+    other = tasks.fine_tune_task("qa", train, None, qa.config, strategy="cpu", seed=7)
+    both = ensemble_qa([restored, other], dev)
+    assert both.metrics["members"] == 2 and both.metrics["f1"] >= 0.8, both.metrics
+    features = {k: tf.constant(v) for k, v in qa.preprocessor(
+        tf.constant(questions), tf.constant(contexts)).items()}
+    mean = (restored.model(features) + other.model(features)) / 2
+    np.testing.assert_allclose(both.model(features).numpy(), mean.numpy(), atol=1e-5)
+    assert not np.allclose(restored.model(features).numpy(), other.model(features).numpy())
+
+    export = both.export(str(tmp_path / "ensemble"))
+    proc = subprocess.run([sys.executable, "-c", BARE_LOADER, json.dumps(
+        [{"export": export, "inputs": {"question": questions, "context": contexts}}])],
+        capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    reloaded = json.loads(proc.stdout.strip().splitlines()[-1])[0]
+    served = both.predict(questions, contexts)
+    assert reloaded["answer"] == [row["answer"] for row in served]
+    np.testing.assert_allclose(reloaded["score"], [row["score"] for row in served], atol=1e-5)
+
+
+def test_qa_ensembles_and_restores_name_bad_members(qa, tmp_path):
+    from keras_bert_ft.tasks.qa import ensemble_qa, restore_qa
+
+    with pytest.raises(KbftError, match="Received: members=\\[\\]"):
+        ensemble_qa([])
+    with pytest.raises(KbftError, match="members\\[1\\]"):
+        ensemble_qa([qa, "run"])
+    import dataclasses
+    from keras_bert_ft.tasks.qa import QAServing
+    strided = dataclasses.replace(qa, serving=QAServing(
+        qa.model, qa.preprocessor, dataclasses.replace(qa.config, doc_stride=3)))
+    with pytest.raises(KbftError, match="members\\[1\\] must be the window and decoding"):
+        ensemble_qa([qa, strided])
+    with pytest.raises(KbftError, match="Received: weights="):
+        restore_qa(str(tmp_path / "missing.h5"), qa.config)

@@ -18,6 +18,8 @@ _EXPORTS = {
     "read_conll": "tagging",
     "TaggedSentences": "tagging",
     "fine_tune_qa": "qa",
+    "ensemble_qa": "qa",
+    "restore_qa": "qa",
     "load_squad": "qa",
     "split_articles": "qa",
     "QAExample": "qa",

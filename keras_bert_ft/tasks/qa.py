@@ -416,3 +416,90 @@ def fine_tune_qa(train, validation=None, config: Optional[common.TaskConfig] = N
                    train_windows=int(len(labels)),
                    train_skipped=skipped, train_examples_per_second=speed)
     return QAResult("qa", model, serving, config, history, metrics, strategy)
+
+
+# ----------------------------------------------------------------------- ensembles
+
+
+class SpanEnsemble(keras.Model):
+    """Span models of one tokenizer -> the mean of their start/end logits `[batch, 2, seq]`."""
+
+    def __init__(self, members: Sequence[keras.Model], name: str = "span_qa_ensemble", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.members = list(members)
+
+    def call(self, inputs, training=False):
+        logits = [member(inputs, training=training) for member in self.members]
+        return tf.add_n(logits) / float(len(logits))
+
+
+def ensemble_qa(members: Sequence["QAResult"], validation=None) -> QAResult:
+    """QA runs (say, one config under several seeds) -> one run that averages their start
+    and end logits before decoding. On a few hundred questions single runs swing by a
+    few F1 points across seeds; the average is steadier and usually beats each member.
+    `predict`, `export` and `save` work as for one run; serving costs one forward pass
+    per member.
+
+    Args:
+        members: `QAResult`s from `fine_tune_qa` or `restore_qa` with the same tokenizer
+            and window/decoding settings (`seq_length`, `doc_stride`, `max_query_length`,
+            `n_best_size`, `max_answer_length`).
+        validation: optional SQuAD-style questions to score the ensemble on.
+
+    Example:
+        >>> runs = [fine_tune_qa(train, seed=s, cloze=8) for s in range(3)]
+        >>> result = ensemble_qa(runs, held_out)
+        >>> result.metrics["f1"], result.export("qa_export")
+    """
+    members = list(members) if isinstance(members, (list, tuple)) else members
+    if not isinstance(members, list) or not members:
+        raise bad_argument("members", members, "a non-empty list of QAResults")
+    for i, member in enumerate(members):
+        if not isinstance(member, QAResult):
+            raise bad_argument(f"members[{i}]", type(member).__name__,
+                               "a QAResult (from fine_tune_qa or restore_qa)")
+    first = members[0]
+    for i, member in enumerate(members[1:], 1):
+        if member.serving.info != first.serving.info:
+            raise bad_argument(f"members[{i}]", member.serving.info,
+                               f"the window and decoding settings of members[0] "
+                               f"({first.serving.info})")
+        ours, theirs = member.preprocessor, first.preprocessor
+        if (ours.source, ours.lower_case) != (theirs.source, theirs.lower_case):
+            raise bad_argument(f"members[{i}]", f"tokenizer {ours.source!r}",
+                               f"the tokenizer of members[0] ({theirs.source!r})")
+    model = SpanEnsemble([member.model for member in members])
+    serving = QAServing(model, first.preprocessor, first.config)
+    metrics = {"members": len(members)}
+    if validation is not None:
+        metrics.update(evaluate(serving, load_squad(validation)))
+    return QAResult("qa", model, serving, first.config, {}, metrics, first.strategy)
+
+
+def restore_qa(weights: str, config: Optional[common.TaskConfig] = None, *, strategy=None,
+               **overrides) -> QAResult:
+    """A span model built as `fine_tune_qa` builds it from `config` (the same encoder,
+    `seq_length` and precision) with the weights `result.model.save_weights` wrote; no
+    training. Runs trained in separate processes meet again this way, e.g. in
+    `ensemble_qa`.
+
+    Example:
+        >>> result.model.save_weights("seed1.h5")  # in the training process
+        >>> member = restore_qa("seed1.h5", seq_length=384)
+    """
+    if not isinstance(weights, str) or not (os.path.isfile(weights)
+                                            or os.path.isfile(weights + ".index")):
+        raise bad_argument("weights", weights,
+                           "a weights file written by model.save_weights (.h5 or checkpoint)")
+    config, strategy = common.resolve(config, overrides, strategy)
+    encoder = common.build_encoder(config, strategy)
+    with common.model_scope(config, strategy):
+        model = build_span_model(encoder)
+    try:
+        model.load_weights(weights)
+    except (ValueError, tf.errors.OpError) as err:
+        raise KbftError(f"weights={weights!r} do not fit the span model of encoder="
+                        f"{config.encoder!r}: {str(err).splitlines()[0][:300]}") from None
+    preprocessor = common.task_preprocessor(encoder, config)
+    return QAResult("qa", model, QAServing(model, preprocessor, config), config, {}, {},
+                    strategy)
