@@ -23,7 +23,8 @@ def _names(value: str):
 def add_train_flags(train) -> None:
     train.add_argument("--seeds", type=int, default=None,
                        help="run N seeds (from --seed up): mean ± std of --metric, "
-                       "degenerate runs flagged, the best run kept under --output")
+                       "degenerate runs flagged, the best run kept under --output; "
+                       "with --task qa: the N runs served as one ensemble")
     train.add_argument("--metric", default="accuracy",
                        help="the metric --seeds summarises and picks the best by "
                        "(accuracy, f1, mcc; default: accuracy)")

@@ -306,3 +306,36 @@ def test_qa_ensembles_and_restores_name_bad_members(qa, tmp_path):
         ensemble_qa([qa, strided])
     with pytest.raises(KbftError, match="Received: weights="):
         restore_qa(str(tmp_path / "missing.h5"), qa.config)
+
+
+def test_cli_qa_seeds_train_an_ensemble(qa, tmp_path, monkeypatch, capsys):
+    """`kbft train --task qa --seeds 2`: one run per seed (from --seed up), saved as their
+    ensemble with each run's metrics; other sequence tasks refuse --seeds."""
+    seen = []
+
+    def fake_fine_tune(task, train, validation, config):
+        seen.append(config.seed)
+        return qa
+
+    monkeypatch.setattr(tasks, "fine_tune_task", fake_fine_tune)
+    rng = np.random.RandomState(5)
+    articles = [{"title": f"t{i}", "paragraphs": [{"context": ex.context, "qas": [
+        {"id": f"q{i}", "question": ex.question,
+         "answers": [{"text": ex.answers[0], "answer_start": ex.answer_starts[0]}]}]}]}
+        for i, ex in enumerate(qa_example(rng) for _ in range(12))]
+    squad = tmp_path / "squad.json"
+    squad.write_text(json.dumps({"data": articles}))
+    out = str(tmp_path / "ensemble")
+    assert cli.main(["train", "--task", "qa", "--train", str(squad), "--train-articles", "8",
+                     "--seeds", "2", "--seed", "3", "--seq-length", "24", "--doc-stride", "6",
+                     "--max-query-length", "6", "--output", out]) == 0
+    assert seen == [3, 4]
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["members"] == 2 and metrics["seeds"] == [3, 4]
+    assert metrics["eval_questions"] == 4 and 0.0 <= metrics["f1"] <= 1.0
+    assert len(metrics["member_metrics"]) == 2
+    assert os.path.isdir(os.path.join(out, "export"))
+    capsys.readouterr()
+    assert cli.main(["train", "--task", "tagging", "--train", "t.conll", "--seeds", "2",
+                     "--output", out]) == 2
+    assert "seeds must be used with --task qa" in capsys.readouterr().err

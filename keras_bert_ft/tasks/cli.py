@@ -58,11 +58,36 @@ def run_task_training(args) -> int:
                                "used only with --task qa and no --validation")
         from keras_bert_ft.tasks.qa import split_articles
         train, validation = split_articles(args.train, args.train_articles)
-    result = fine_tune_task(args.task, train, validation, config)
+    seeds = getattr(args, "seeds", None)
+    if seeds:
+        result = _qa_ensemble_of_seeds(args.task, train, validation, config, seeds)
+    else:
+        result = fine_tune_task(args.task, train, validation, config)
     paths = result.save(config.output_dir)
     print(json.dumps(result.metrics, indent=2))
     print(f"export: {paths['export']}\nmetrics: {os.path.join(config.output_dir, 'metrics.json')}")
     return 0
+
+
+def _qa_ensemble_of_seeds(task, train, validation, config, seeds):
+    """`--task qa --seeds N`: N runs from `--seed` up, served as one ensemble (mean
+    start/end logits, `tasks.qa.ensemble_qa`); each run's metrics are kept too."""
+    from keras_bert_ft.seeds import resolve_seeds
+    from keras_bert_ft.tasks import fine_tune_task
+    from keras_bert_ft.tasks.qa import ensemble_qa
+
+    if task != "qa":
+        raise bad_argument("seeds", seeds, f"used with --task qa (an ensemble of the seeds' "
+                                           f"runs) or a sentence task, not --task {task}")
+    runs, seeds = [], resolve_seeds(seeds, config.seed)
+    for seed in seeds:
+        print(f"seed {seed}", flush=True)
+        runs.append(fine_tune_task("qa", train, validation,
+                                   dataclasses.replace(config, seed=seed)))
+    result = ensemble_qa(runs, validation)
+    result.metrics["seeds"] = seeds
+    result.metrics["member_metrics"] = [run.metrics for run in runs]
+    return result
 
 
 def run_task_prediction(args, meta: dict) -> int:

@@ -432,6 +432,10 @@ class SpanEnsemble(keras.Model):
         logits = [member(inputs, training=training) for member in self.members]
         return tf.add_n(logits) / float(len(logits))
 
+    def get_config(self):
+        raise NotImplementedError("a SpanEnsemble is rebuilt from its members with "
+                                  "tasks.qa.ensemble_qa, not from a config")
+
 
 def ensemble_qa(members: Sequence["QAResult"], validation=None) -> QAResult:
     """QA runs (say, one config under several seeds) -> one run that averages their start
