@@ -43,6 +43,16 @@ def HeldOutScores(config, examples):
     return _Scores()
 
 
+def xquad_split(args):
+    """(train, held-out) questions of `args.data` split at `args.train_articles`, or None
+    (with the reason printed) when the file is missing."""
+    if not os.path.isfile(args.data):
+        print(f"XQuAD not found at {args.data}: pass --data path/to/xquad.en.json")
+        return None
+    from keras_bert_ft.tasks.qa import split_articles
+    return split_articles(args.data, args.train_articles)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=DATA, help="SQuAD v1.1 JSON (default: XQuAD English)")
@@ -79,14 +89,14 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=os.path.join(HERE, "results", "qa.json"))
     args = parser.parse_args(argv)
     limit_threads(args.threads)
-    if not os.path.isfile(args.data):
-        print(f"XQuAD not found at {args.data}: pass --data path/to/xquad.en.json")
+    split = xquad_split(args)
+    if split is None:
         return 2
+    train, held_out = split
 
-    from keras_bert_ft.tasks.qa import fine_tune_qa, split_articles
+    from keras_bert_ft.tasks.qa import fine_tune_qa
     from keras_bert_ft.tasks import common
 
-    train, held_out = split_articles(args.data, args.train_articles)
     settings = dict(encoder=args.encoder, seq_length=args.seq_length,
                     doc_stride=args.doc_stride, epochs=args.epochs,
                     learning_rate=args.learning_rate, batch_size=args.batch_size,

@@ -23,7 +23,7 @@ import sys
 import time
 
 from _common import limit_threads, peak_mib, write_figures
-from bench_qa import DATA
+from bench_qa import DATA, xquad_split
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -49,13 +49,13 @@ def main(argv=None) -> int:
     if missing:
         print(f"members not found: {missing} (bench_qa.py --save-weights writes them)")
         return 2
-    if not os.path.isfile(args.data):
-        print(f"XQuAD not found at {args.data}: pass --data path/to/xquad.en.json")
+    split = xquad_split(args)
+    if split is None:
         return 2
+    held_out = split[1]
 
-    from keras_bert_ft.tasks.qa import ensemble_qa, evaluate, restore_qa, split_articles
+    from keras_bert_ft.tasks.qa import ensemble_qa, evaluate, restore_qa
 
-    _, held_out = split_articles(args.data, args.train_articles)
     settings = dict(encoder=args.encoder, seq_length=args.seq_length,
                     doc_stride=args.doc_stride, encoder_impl=args.encoder_impl,
                     mixed_precision=args.mixed_precision)
