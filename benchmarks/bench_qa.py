@@ -68,6 +68,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cloze", type=int, default=0, metavar="N",
                         help="add up to N cloze questions per training context "
                              "(tasks.qa.cloze_questions; 0: none)")
+    parser.add_argument("--cloze-per-sentence", type=int, default=1, metavar="K",
+                        help="cloze questions per sentence, each blanking another span")
     parser.add_argument("--trainable-layers", default="all",
                         help='"all" or the number of top layers to train')
     parser.add_argument("--freeze-embeddings", action="store_true",
@@ -106,7 +108,8 @@ def main(argv=None) -> int:
                     train_embeddings=False if args.freeze_embeddings else None,
                     encoder_impl=args.encoder_impl, mixed_precision=args.mixed_precision,
                     encoder_learning_rate=args.encoder_learning_rate,
-                    layer_decay=args.layer_decay, cloze=args.cloze)
+                    layer_decay=args.layer_decay, cloze=args.cloze,
+                    cloze_per_sentence=args.cloze_per_sentence)
     callbacks = []
     if args.eval_every_epoch:
         callbacks.append(HeldOutScores(common.TaskConfig(**settings), held_out))

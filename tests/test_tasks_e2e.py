@@ -248,7 +248,8 @@ def test_tasks_build_the_native_encoder_under_mixed_precision_with_layer_decay(e
                                           ("mixed_precision", "fp8"),
                                           ("layer_decay", 1.5),
                                           ("encoder_learning_rate", -1.0),
-                                          ("cloze", -1)])
+                                          ("cloze", -1),
+                                          ("cloze_per_sentence", 0)])
 def test_task_config_names_bad_speed_and_rate_settings(field, value):
     with pytest.raises(KbftError, match=f"Received: {field}="):
         tasks.fine_tune_task("qa", [], None, **{field: value})

@@ -139,3 +139,9 @@ def test_cloze_questions_blank_a_name_or_number_of_one_sentence():
                                             "London"}
     assert len(qa.cloze_questions(real, per_context=1)) == 1
     assert qa.cloze_questions(real, seed=0) == made  # deterministic per seed
+    # Several per sentence: each blanks another span of it.
+    more = qa.cloze_questions(real, seed=0, per_sentence=3)
+    assert sorted(e.answers[0] for e in more) == sorted(
+        ["1843", "Analytical Engine of Charles Babbage", "London"])
+    assert len({e.question for e in more}) == 3
+    assert len(qa.cloze_questions(real, per_context=2, per_sentence=3)) == 2

@@ -11,7 +11,7 @@ from keras_bert_ft.tasks import TASKS
 
 # TaskConfig fields that `kbft train` has no flag for otherwise.
 _TASK_FLAGS = ("doc_stride", "max_query_length", "max_answer_length", "n_best_size", "top_k",
-               "cloze")
+               "cloze", "cloze_per_sentence")
 
 
 def add_task_arguments(parser) -> None:

@@ -66,6 +66,8 @@ class TaskConfig:
     top_k: int = _field(3, "summarization: sentences in a summary")
     cloze: int = _field(0, "qa: add up to N cloze questions per training context "
                         "(a name or number of a sentence blanked; 0: none)")
+    cloze_per_sentence: int = _field(1, "qa: cloze questions per sentence, each blanking "
+                                     "another span")
     encoder_impl: str = _field(
         "auto", "native (rebuilt as tf-models BertEncoder: mixed precision reaches it), hub "
                 "(the restored SavedModel graph) or auto (native when recognised)")
@@ -78,7 +80,7 @@ class TaskConfig:
 
     def validate(self) -> "TaskConfig":
         for name in ("epochs", "batch_size", "doc_stride", "max_query_length",
-                     "max_answer_length", "n_best_size", "top_k"):
+                     "max_answer_length", "n_best_size", "top_k", "cloze_per_sentence"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad_argument(name, value, "an int >= 1")

@@ -106,7 +106,7 @@ _SPAN = re.compile(
 
 
 def cloze_questions(examples: Sequence[QAExample], per_context: int = 8,
-                    seed: int = 0) -> List[QAExample]:
+                    seed: int = 0, per_sentence: int = 1) -> List[QAExample]:
     """Synthetic questions from the contexts of `examples` (Lewis et al. 2019's cloze
     questions): a sentence whose name or number span (not its first word) is replaced
     by "what", answered by that span. They teach span selection on the training
@@ -114,7 +114,8 @@ def cloze_questions(examples: Sequence[QAExample], per_context: int = 8,
 
     Args:
         examples: questions whose distinct contexts are used; their answers are not.
-        per_context: at most this many cloze questions per context (one per sentence).
+        per_context: at most this many cloze questions per context.
+        per_sentence: at most this many per sentence, each blanking another span.
 
     Example:
         >>> train = train + cloze_questions(train)  # then fine_tune_qa(train, ...)
@@ -132,12 +133,14 @@ def cloze_questions(examples: Sequence[QAExample], per_context: int = 8,
             spans = [m for m in _SPAN.finditer(text) if m.start() > lead]
             if not spans or len(text.split()) < 6:
                 continue
-            span = spans[rng.randint(len(spans))]
-            question = (text[lead:span.start()] + "what" + text[span.end():]).strip()
-            question = question.rstrip(".!?") + "?"
-            made.append(QAExample(question, ex.context, [span.group()],
-                                  [sentence.start() + span.start()],
-                                  qid=f"cloze-{len(out) + len(made)}", title=ex.title))
+            picks = ([rng.randint(len(spans))] if per_sentence == 1 else
+                     sorted(rng.choice(len(spans), min(per_sentence, len(spans)), replace=False)))
+            for span in (spans[i] for i in picks):
+                question = (text[lead:span.start()] + "what" + text[span.end():]).strip()
+                question = question.rstrip(".!?") + "?"
+                made.append(QAExample(question, ex.context, [span.group()],
+                                      [sentence.start() + span.start()],
+                                      qid=f"cloze-{len(out) + len(made)}", title=ex.title))
         if len(made) > per_context:
             made = [made[i] for i in sorted(rng.choice(len(made), per_context, replace=False))]
         out.extend(made)
@@ -397,7 +400,8 @@ def fine_tune_qa(train, validation=None, config: Optional[common.TaskConfig] = N
     train_ex = load_squad(train)[:config.max_train_examples or None]
     real_questions = len(train_ex)
     if config.cloze:
-        train_ex = train_ex + cloze_questions(train_ex, config.cloze, seed=config.seed)
+        train_ex = train_ex + cloze_questions(train_ex, config.cloze, seed=config.seed,
+                                              per_sentence=config.cloze_per_sentence)
     val_ex = None
     if validation is not None:
         val_ex = load_squad(validation)[:config.max_eval_examples or None]
