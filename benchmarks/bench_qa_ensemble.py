@@ -77,6 +77,7 @@ def main(argv=None) -> int:
     f1s = [f["f1"] for f in member_figures]
     figures = {
         "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(["benchmarks/bench_qa_ensemble.py", *(argv or sys.argv[1:])]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}",
         "data": f"XQuAD en, first {args.train_articles} articles train, the rest held out",
         "settings": settings,
