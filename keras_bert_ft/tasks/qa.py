@@ -133,6 +133,7 @@ def cloze_questions(examples: Sequence[QAExample], per_context: int = 8,
             spans = [m for m in _SPAN.finditer(text) if m.start() > lead]
             if not spans or len(text.split()) < 6:
                 continue
+            # one pick draws as before per_sentence existed: same seed, same questions
             picks = ([rng.randint(len(spans))] if per_sentence == 1 else
                      sorted(rng.choice(len(spans), min(per_sentence, len(spans)), replace=False)))
             for span in (spans[i] for i in picks):
@@ -242,6 +243,15 @@ class SpanLogits(keras.layers.Layer):
     def call(self, logits, mask):
         logits = tf.transpose(tf.cast(logits, tf.float32), [0, 2, 1])
         return logits + (1.0 - tf.cast(mask, tf.float32))[:, None, :] * -1e4
+
+
+def _span_model_and_preprocessor(config: common.TaskConfig, strategy):
+    """The untrained span model of `config` and its offsets preprocessor (fine_tune_qa
+    and restore_qa build the same model this way)."""
+    encoder = common.build_encoder(config, strategy)
+    with common.model_scope(config, strategy):
+        model = build_span_model(encoder)
+    return model, common.task_preprocessor(encoder, config)
 
 
 def build_span_model(encoder) -> FineTuneModel:
@@ -405,10 +415,7 @@ def fine_tune_qa(train, validation=None, config: Optional[common.TaskConfig] = N
     val_ex = None
     if validation is not None:
         val_ex = load_squad(validation)[:config.max_eval_examples or None]
-    encoder = common.build_encoder(config, strategy)
-    with common.model_scope(config, strategy):
-        model = build_span_model(encoder)
-    preprocessor = common.task_preprocessor(encoder, config)
+    model, preprocessor = _span_model_and_preprocessor(config, strategy)
     features, labels, skipped = featurize(preprocessor, train_ex, config)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     common.compile_model(model, config, strategy, loss, len(labels))
@@ -459,8 +466,7 @@ def ensemble_qa(members: Sequence["QAResult"], validation=None) -> QAResult:
         >>> result = ensemble_qa(runs, held_out)
         >>> result.metrics["f1"], result.export("qa_export")
     """
-    members = list(members) if isinstance(members, (list, tuple)) else members
-    if not isinstance(members, list) or not members:
+    if not isinstance(members, (list, tuple)) or not members:
         raise bad_argument("members", members, "a non-empty list of QAResults")
     for i, member in enumerate(members):
         if not isinstance(member, QAResult):
@@ -500,14 +506,11 @@ def restore_qa(weights: str, config: Optional[common.TaskConfig] = None, *, stra
         raise bad_argument("weights", weights,
                            "a weights file written by model.save_weights (.h5 or checkpoint)")
     config, strategy = common.resolve(config, overrides, strategy)
-    encoder = common.build_encoder(config, strategy)
-    with common.model_scope(config, strategy):
-        model = build_span_model(encoder)
+    model, preprocessor = _span_model_and_preprocessor(config, strategy)
     try:
         model.load_weights(weights)
     except (ValueError, tf.errors.OpError) as err:
         raise KbftError(f"weights={weights!r} do not fit the span model of encoder="
                         f"{config.encoder!r}: {str(err).splitlines()[0][:300]}") from None
-    preprocessor = common.task_preprocessor(encoder, config)
     return QAResult("qa", model, QAServing(model, preprocessor, config), config, {}, {},
                     strategy)
