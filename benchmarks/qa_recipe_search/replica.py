@@ -59,13 +59,18 @@ class Span(nn.Module):
         self.layers = nn.ModuleList(Layer() for _ in range(L))
         self.head = nn.Linear(H, 2)
 
-    def forward(self, ids, types, mask, p=0.1):
+    def encode(self, ids, types, mask, p=0.1):
+        """The encoder's sequence output `[batch, seq, hidden]` (sanity.py checks it)."""
         t = ids.shape[1]
         x = self.word(ids) + self.pos.weight[:t][None] + self.ttype(types)
         x = F.dropout(self.eln(x), p, self.training)
         bias = ((1.0 - mask[:, None, None, :].to(x.dtype)) * -1e4).to(x.dtype)
         for layer in self.layers:
             x = layer(x, bias, p)
+        return x
+
+    def forward(self, ids, types, mask, p=0.1):
+        x = self.encode(ids, types, mask, p)
         logits = self.head(x).float() + (1.0 - mask.float())[:, :, None] * -1e4
         return logits[..., 0], logits[..., 1]
 
@@ -113,6 +118,7 @@ def concat(*parts):
 
 
 # ------------------------------------------------------------------ SQuAD v1.1 metric
+# Restated from keras_bert_ft.tasks.metrics / qa.best_spans: the device has no TensorFlow.
 def normalize(s):
     s = s.lower()
     s = "".join(ch for ch in s if ch not in set(string.punctuation))
@@ -273,10 +279,6 @@ def main():
             cfg[k] = v
     seeds = cfg.pop("seeds", [0, 1, 2])
     dev, meta = load("dev.npz"), json.load(open(os.path.join(D, "dev.json")))
-    if cfg.pop("quick", False):
-        keep = dev["example"] < 20
-        dev = {k: v[keep] for k, v in dev.items()}
-        meta = meta[:20]
     S = E = 0
     for seed in seeds:
         t = time.time()
