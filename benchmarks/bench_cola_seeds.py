@@ -32,9 +32,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     limit_threads(args.threads)
 
-    from keras_bert_ft import data as data_lib
-    from keras_bert_ft.seeds import format_summary, run_seeds
-    from keras_bert_ft.training import FineTuneConfig
+    from keras_bert_ft.data import examples as data_lib
+    from keras_bert_ft.research.seeds import format_summary, run_seeds
+    from keras_bert_ft.training.runner import FineTuneConfig
 
     read = lambda name: data_lib.read_table(os.path.join(args.data, name),  # noqa: E731
                                             column_names=COLUMNS)

@@ -63,7 +63,7 @@ def matmul_gflops(size: int = 2048, repeats: int = 10, dtype: str = "float32") -
 
 
 def run_kbft(train, dev, name):
-    from keras_bert_ft.training import fine_tune
+    from keras_bert_ft.training.runner import fine_tune
     result = fine_tune(train, dev, encoder="minilm-l6", epochs=1, batch_size=BATCH,
                        verbose=0, **KBFT_RUNS[name])
     figures = {"examples_per_second": result.metrics["train_examples_per_second"],
@@ -80,9 +80,9 @@ def run_tutorial(train, dev, seq_length=128):
     import tensorflow as tf
     import tensorflow_hub as hub
     from official.nlp import optimization
-    from keras_bert_ft import presets
+    from keras_bert_ft.encoders import presets
     from keras_bert_ft._keras import keras
-    from keras_bert_ft.training import ThroughputCallback
+    from keras_bert_ft.training.runner import ThroughputCallback
 
     text = keras.layers.Input(shape=(), dtype=tf.string, name="text")
     pre = hub.load(presets.resolve_preprocessor("minilm-l6"))
@@ -153,7 +153,7 @@ def tokenizer_throughput(preprocessor, texts, vocab_file):
 
 def export_latency(result, folder):
     import tensorflow as tf
-    from keras_bert_ft.export import load_export
+    from keras_bert_ft.export.saved_model import load_export
     serve = load_export(result.export(os.path.join(folder, "export"))).signatures[
         "serving_default"]
     one = tf.constant(["a gorgeous, witty and deeply moving film ."])
@@ -175,7 +175,7 @@ def export_latency(result, folder):
 
 
 def load_sst2(folder, examples):
-    from keras_bert_ft import data as data_lib
+    from keras_bert_ft.data import examples as data_lib
     train = data_lib.read_table(os.path.join(folder, "train.tsv")).head(examples)
     dev = data_lib.read_table(os.path.join(folder, "test.tsv"))
     train["label"] = train["label"].astype(int)
@@ -221,7 +221,7 @@ def run_anchor(name, args):
     python = os.path.join(ROOT, ".bench-venvs", venv, "bin", "python")
     if not os.path.exists(python):
         return {"skipped": f"no .bench-venvs/{venv} (run: bash benchmarks/setup_anchors.sh)"}
-    from keras_bert_ft import presets
+    from keras_bert_ft.encoders import presets
     model_dir = presets._source_dir("minilm-l6")  # the Hugging Face checkpoint itself
     return spawn([python, os.path.join(HERE, "anchors", script),
                   "--train", os.path.join(args.data, "train.tsv"),
@@ -258,8 +258,9 @@ def main(argv=None) -> int:
     if args.run:
         return child(args)
 
-    from keras_bert_ft import data as data_lib, presets
-    from keras_bert_ft.preprocessing import Preprocessor
+    from keras_bert_ft.data import examples as data_lib
+    from keras_bert_ft.encoders import presets
+    from keras_bert_ft.data.preprocessing import Preprocessor
 
     figures = {"date": time.strftime("%Y-%m-%d"),
                "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",

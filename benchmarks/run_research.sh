@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-KBFT="$PY -m keras_bert_ft.cli"
+KBFT="$PY -m keras_bert_ft.cli.main"
 SST2=${SST2:-../shared/data/sst2}
 OUT=benchmarks/results
 steps=${*:-sweep diff probe cola}

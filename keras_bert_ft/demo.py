@@ -46,7 +46,7 @@ def _named(frame):
 
 def load_sst2(data_dir: Optional[str]):
     """(train, test) DataFrames with label names; tfds glue/sst2 when no folder is found."""
-    from keras_bert_ft import data as data_lib
+    from keras_bert_ft.data import examples as data_lib
     folder = find_sst2(data_dir)
     if folder is None:
         print("SST-2 folder not found; trying tensorflow-datasets glue/sst2 (needs network)")
@@ -61,8 +61,8 @@ def load_sst2(data_dir: Optional[str]):
 def run_demo(data_dir: Optional[str] = None, output_dir: str = "runs/demo",
              train_examples: Optional[int] = None, epochs: Optional[int] = None) -> dict:
     """Runs the demo end to end and returns the metrics."""
-    from keras_bert_ft.export import load_export, predict_export
-    from keras_bert_ft.training import fine_tune, save_run
+    from keras_bert_ft.export.saved_model import load_export, predict_export
+    from keras_bert_ft.training.runner import fine_tune, save_run
 
     start = time.time()
     settings = dict(DEFAULTS)

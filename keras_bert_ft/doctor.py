@@ -140,7 +140,7 @@ def import_findings(importer: Callable[[str], object] = importlib.import_module)
 def device_findings() -> List[Finding]:
     """The devices TensorFlow sees and the strategy `auto` would pick."""
     import tensorflow as tf
-    from keras_bert_ft.strategy import describe_auto
+    from keras_bert_ft.training.strategy import describe_auto
 
     cpus = tf.config.list_physical_devices("CPU")
     gpus = tf.config.list_physical_devices("GPU")
@@ -164,7 +164,7 @@ def cluster_findings(environ: Mapping[str, str]) -> List[Finding]:
     if not environ.get("TF_CONFIG"):
         return []
     from keras_bert_ft.errors import KbftError
-    from keras_bert_ft.strategy import read_tf_config
+    from keras_bert_ft.training.strategy import read_tf_config
 
     saved = os.environ.get("TF_CONFIG")
     os.environ["TF_CONFIG"] = environ["TF_CONFIG"]

@@ -16,7 +16,7 @@ _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 
-from keras_bert_ft import tfhub_format  # noqa: E402
+from keras_bert_ft.encoders import tfhub_format  # noqa: E402
 
 VOCAB = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
          + "the a movie film plot acting was is not very it and good great fun love "

@@ -6,14 +6,15 @@ import os
 import numpy as np
 import pytest
 
-from keras_bert_ft import cli, sweep
-from keras_bert_ft.diff import diff_models
-from keras_bert_ft.encoder import HubEncoder
-from keras_bert_ft.export import export_saved_model
-from keras_bert_ft.models import build_classifier
-from keras_bert_ft.preprocessing import Preprocessor
-from keras_bert_ft.probe import LogisticProbe, _softmax
-from keras_bert_ft.representations import LinearCKA, linear_cka
+from keras_bert_ft import cli
+from keras_bert_ft.research import sweep
+from keras_bert_ft.research.diff import diff_models
+from keras_bert_ft.encoders.hub_encoder import HubEncoder
+from keras_bert_ft.export.saved_model import export_saved_model
+from keras_bert_ft.tasks.models import build_classifier
+from keras_bert_ft.data.preprocessing import Preprocessor
+from keras_bert_ft.research.probe import LogisticProbe, _softmax
+from keras_bert_ft.research.representations import LinearCKA, linear_cka
 
 from conftest import sentiment_rows
 

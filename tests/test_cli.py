@@ -11,10 +11,10 @@ import pytest
 import tensorflow as tf
 
 from keras_bert_ft import cli
-from keras_bert_ft.encoder import HubEncoder
-from keras_bert_ft.models import build_classifier
-from keras_bert_ft.preprocessing import Preprocessor
-from keras_bert_ft.training import predict_probabilities
+from keras_bert_ft.encoders.hub_encoder import HubEncoder
+from keras_bert_ft.tasks.models import build_classifier
+from keras_bert_ft.data.preprocessing import Preprocessor
+from keras_bert_ft.training.runner import predict_probabilities
 
 # A separate interpreter with only tensorflow and tensorflow_text imported.
 BARE_LOADER = r"""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from keras_bert_ft._keras import keras
-from keras_bert_ft import convert
+from keras_bert_ft.encoders import convert
 from keras_bert_ft.errors import KbftError
 
 import tensorflow as tf  # noqa: E402  (after _keras, which selects tf_keras)

@@ -4,9 +4,9 @@ import pandas as pd
 import numpy as np
 import pytest
 
-from keras_bert_ft import data as data_lib
+from keras_bert_ft.data import examples as data_lib
 from keras_bert_ft.errors import KbftError
-from keras_bert_ft.preprocessing import Preprocessor
+from keras_bert_ft.data.preprocessing import Preprocessor
 
 
 def test_tsv_with_quotes_kept_verbatim(tmp_path):

@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from keras_bert_ft import cli, demo
+from keras_bert_ft import demo
+from keras_bert_ft import cli
 from keras_bert_ft.errors import KbftError
 
 from conftest import SHARED_DATA

@@ -3,7 +3,8 @@
 import io
 import json
 
-from keras_bert_ft import cli, doctor
+from keras_bert_ft import doctor
+from keras_bert_ft import cli
 
 GOOD = {"tensorflow": "2.20.0", "tensorflow-text": "2.20.1", "tf-keras": "2.20.1",
         "tensorflow-hub": "0.16.1", "tf-models-official": "2.20.0", "keras": "3.15.1"}

@@ -5,11 +5,11 @@ import pytest
 import tensorflow as tf
 
 from keras_bert_ft._keras import keras
-from keras_bert_ft.encoder import HubEncoder, group_variables, resolve_layers
+from keras_bert_ft.encoders.hub_encoder import HubEncoder, group_variables, resolve_layers
 from keras_bert_ft.errors import KbftError
-from keras_bert_ft.models import build_classifier
-from keras_bert_ft.optimization import create_optimizer
-from keras_bert_ft.preprocessing import Preprocessor
+from keras_bert_ft.tasks.models import build_classifier
+from keras_bert_ft.training.optimization import create_optimizer
+from keras_bert_ft.data.preprocessing import Preprocessor
 
 
 def _names(variables):

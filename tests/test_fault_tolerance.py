@@ -14,7 +14,8 @@ import pytest
 import tensorflow as tf
 
 import keras_bert_ft as kbft
-from keras_bert_ft import export as export_lib, fault_tolerance
+from keras_bert_ft.export import saved_model as export_lib
+from keras_bert_ft.training import fault_tolerance
 from keras_bert_ft.errors import KbftError
 
 from conftest import sentiment_rows

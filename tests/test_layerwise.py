@@ -6,13 +6,13 @@ import pytest
 import tensorflow as tf
 
 from keras_bert_ft._keras import keras
-from keras_bert_ft.encoder import HubEncoder
+from keras_bert_ft.encoders.hub_encoder import HubEncoder
 from keras_bert_ft.errors import KbftError
-from keras_bert_ft.layerwise import group_multipliers, layer_multipliers
-from keras_bert_ft.models import build_classifier
-from keras_bert_ft.optimization import AdamW
-from keras_bert_ft.preprocessing import Preprocessor
-from keras_bert_ft.strategy import new_mirrored_strategy
+from keras_bert_ft.training.layerwise import group_multipliers, layer_multipliers
+from keras_bert_ft.tasks.models import build_classifier
+from keras_bert_ft.training.optimization import AdamW
+from keras_bert_ft.data.preprocessing import Preprocessor
+from keras_bert_ft.training.strategy import new_mirrored_strategy
 
 DECAY, RATIO, LR = 0.5, 0.1, 1e-2
 # encoder rate x decay^(layers below the top): 4 layers, so embeddings sit 4 below.

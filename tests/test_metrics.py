@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from keras_bert_ft import metrics as m
+from keras_bert_ft.tasks import scores as m
 from keras_bert_ft.errors import KbftError
 
 TRUE = [0, 0, 0, 1, 1, 1, 1, 0]

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_bert_ft.encoder import HubEncoder
+from keras_bert_ft.encoders.hub_encoder import HubEncoder
 from keras_bert_ft.errors import KbftError
-from keras_bert_ft.models import build_classifier
-from keras_bert_ft.preprocessing import Preprocessor
+from keras_bert_ft.tasks.models import build_classifier
+from keras_bert_ft.data.preprocessing import Preprocessor
 
 
 @pytest.mark.parametrize("pooling", ["pooled", "cls", "mean"])

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 import keras_bert_ft as kbft
-from keras_bert_ft import export as export_lib, strategy as strategy_lib, tfhub_format
+from keras_bert_ft.export import saved_model as export_lib
+from keras_bert_ft.training import strategy as strategy_lib
+from keras_bert_ft.encoders import tfhub_format
 from keras_bert_ft.errors import KbftError
-from keras_bert_ft.native_encoder import make_encoder
+from keras_bert_ft.encoders.native import make_encoder
 
 from conftest import VOCAB
 
@@ -124,7 +126,7 @@ def test_tf_config_errors(monkeypatch):
 def test_native_encoder_builds_under_a_distribution_scope(dropout_free_encoder):
     """The rebuilt encoder loads its SavedModel outside the caller's strategy scope (a
     restored function called in a MirroredStrategy scope fails)."""
-    from keras_bert_ft.native_encoder import NativeEncoder
+    from keras_bert_ft.encoders.native import NativeEncoder
     with kbft.get_strategy("mirrored").scope():
         encoder = make_encoder(dropout_free_encoder, "auto")
     assert isinstance(encoder, NativeEncoder) and encoder.num_layers == 2

@@ -6,9 +6,9 @@ import pytest
 import tensorflow as tf
 
 from keras_bert_ft._keras import keras
-from keras_bert_ft.encoder import HubEncoder
+from keras_bert_ft.encoders.hub_encoder import HubEncoder
 from keras_bert_ft.errors import KbftError
-from keras_bert_ft.native_encoder import NativeEncoder, NotRecognised, make_encoder
+from keras_bert_ft.encoders.native import NativeEncoder, NotRecognised, make_encoder
 
 from test_encoder import unnamed_encoder  # noqa: F401  (a fixture)
 

@@ -131,7 +131,7 @@ def test_colab_notebook_contents():
     assert "kbft.load_export" in code and "result.export(" in code
     assert "colab.research.google.com/github/<org>/keras_bert_ft/blob/main/colab/" \
            "finetune_colab.ipynb" in text
-    from keras_bert_ft import presets
+    from keras_bert_ft.encoders import presets
 
     for name in re.findall(r'ENCODER = "([\w-]+)"', code):
         assert presets.get_preset(name) is not None, name

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from keras_bert_ft.errors import KbftError
-from keras_bert_ft.optimization import AdamW, WarmupLinearDecay, create_optimizer
+from keras_bert_ft.training.optimization import AdamW, WarmupLinearDecay, create_optimizer
 
 
 def test_schedule_warms_up_then_decays_linearly():

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from keras_bert_ft.errors import KbftError
-from keras_bert_ft.preprocessing import Preprocessor, check_seq_length, trim_to_longest
+from keras_bert_ft.data.preprocessing import Preprocessor, check_seq_length, trim_to_longest
 
 from conftest import VOCAB
 

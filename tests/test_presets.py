@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from keras_bert_ft import convert, presets
+from keras_bert_ft.encoders import convert
+from keras_bert_ft.encoders import presets
 from keras_bert_ft.errors import KbftError
 
 
@@ -110,7 +111,7 @@ def test_missing_package_says_how_to_install(cache, monkeypatch):
 
 _RESOLVE = """
 import json, sys
-from keras_bert_ft.presets import resolve_encoder, resolve_preprocessor
+from keras_bert_ft.encoders.presets import resolve_encoder, resolve_preprocessor
 print(json.dumps([resolve_encoder("minilm-l6"), resolve_preprocessor("minilm-l6")]))
 """
 

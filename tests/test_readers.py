@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import keras_bert_ft as kbft
-from keras_bert_ft import data as data_lib
+from keras_bert_ft.data import examples as data_lib
 from keras_bert_ft.errors import KbftError
 
 from conftest import SHARED_DATA

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_bert_ft.encoder import HubEncoder
+from keras_bert_ft.encoders.hub_encoder import HubEncoder
 from keras_bert_ft.errors import KbftError
-from keras_bert_ft.strategy import new_mirrored_strategy
+from keras_bert_ft.training.strategy import new_mirrored_strategy
 
 # A normal(0, 0.02) truncated at 2 standard deviations has standard deviation 0.02 x 0.8796.
 TRUNCATED_STD = 0.02 * 0.87962566

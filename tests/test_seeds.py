@@ -10,7 +10,7 @@ from tensorflow.python.framework import config as tf_config
 import keras_bert_ft as kbft
 from keras_bert_ft import cli
 from keras_bert_ft.errors import KbftError
-from keras_bert_ft.seeds import degenerate_flags, prior_loss, resolve_seeds, summarize
+from keras_bert_ft.research.seeds import degenerate_flags, prior_loss, resolve_seeds, summarize
 
 from conftest import sentiment_rows
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import keras_bert_ft as kbft
-from keras_bert_ft import cli, export as export_lib
+from keras_bert_ft import cli
+from keras_bert_ft.export import saved_model as export_lib
 from keras_bert_ft.errors import KbftError
 
 from conftest import NEGATIVE, POSITIVE, write_tsv

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from keras_bert_ft.errors import KbftError
-from keras_bert_ft.strategy import get_strategy
+from keras_bert_ft.training.strategy import get_strategy
 
 
 def test_auto_on_cpu_is_default_strategy(caplog):

@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from keras_bert_ft import cli, tasks
+from keras_bert_ft import tasks
+from keras_bert_ft import cli
 from keras_bert_ft.errors import KbftError
 from keras_bert_ft.tasks.qa import QAExample
 
@@ -223,7 +224,7 @@ def test_tasks_build_the_native_encoder_under_mixed_precision_with_layer_decay(e
     rates; the global policy is restored afterwards."""
     import tensorflow as tf
     from keras_bert_ft._keras import keras
-    from keras_bert_ft.native_encoder import NativeEncoder
+    from keras_bert_ft.encoders.native import NativeEncoder
 
     rng = np.random.RandomState(3)
     train = [qa_example(rng) for _ in range(32)]

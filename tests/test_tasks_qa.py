@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from keras_bert_ft._keras import keras
-from keras_bert_ft.models import encoder_inputs
-from keras_bert_ft.preprocessing import Preprocessor
+from keras_bert_ft.tasks.models import encoder_inputs
+from keras_bert_ft.data.preprocessing import Preprocessor
 from keras_bert_ft.tasks import common, qa
 
 from conftest import SHARED_DATA, VOCAB

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from keras_bert_ft.errors import KbftError
-from keras_bert_ft.preprocessing import Preprocessor
+from keras_bert_ft.data.preprocessing import Preprocessor
 from keras_bert_ft.tasks import common, summarization as sm
 
 from conftest import VOCAB

@@ -10,12 +10,13 @@ import pytest
 import tensorflow as tf
 
 import keras_bert_ft as kbft
-from keras_bert_ft import strategy as strategy_lib, tpu
+from keras_bert_ft.training import strategy as strategy_lib
+from keras_bert_ft.training import tpu
 from keras_bert_ft._keras import keras
 from keras_bert_ft.errors import KbftError
-from keras_bert_ft.native_encoder import make_encoder
-from keras_bert_ft.train_input import training_input
-from keras_bert_ft.training import precision_policy
+from keras_bert_ft.encoders.native import make_encoder
+from keras_bert_ft.data.pipeline import training_input
+from keras_bert_ft.training.runner import precision_policy
 
 from conftest import sentiment_rows
 

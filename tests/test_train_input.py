@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import keras_bert_ft as kbft
 from keras_bert_ft._keras import keras
-from keras_bert_ft.train_input import epoch_batches, training_input
+from keras_bert_ft.data.pipeline import epoch_batches, training_input
 
 from conftest import sentiment_rows
 

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import keras_bert_ft as kbft
-from keras_bert_ft import export as export_lib
+from keras_bert_ft.export import saved_model as export_lib
 from keras_bert_ft._keras import keras
 from keras_bert_ft.errors import KbftError
 
@@ -86,7 +86,7 @@ def test_public_api_names_import():
 
 
 def test_throughput_counts_real_examples_not_padded_batches():
-    from keras_bert_ft.training import ThroughputCallback
+    from keras_bert_ft.training.runner import ThroughputCallback
     timer = ThroughputCallback(batch_size=32, examples_per_epoch=100)
     timer.on_epoch_begin(0)
     for step in range(6):  # 100 examples in length buckets: 6 batches, some partial
@@ -98,7 +98,7 @@ def test_throughput_counts_real_examples_not_padded_batches():
 
 
 def test_throughput_with_steps_per_execution_counts_steps_not_callbacks():
-    from keras_bert_ft.training import ThroughputCallback
+    from keras_bert_ft.training.runner import ThroughputCallback
     timer = ThroughputCallback(batch_size=8, examples_per_epoch=1000)
     timer.on_epoch_begin(0)
     for last_step in (3, 7, 11):  # steps_per_execution=4: Keras reports each last step
@@ -109,7 +109,7 @@ def test_throughput_with_steps_per_execution_counts_steps_not_callbacks():
 
 def test_auto_padding_is_static_on_tpu_and_bucketed_elsewhere():
     from unittest import mock
-    from keras_bert_ft.training import resolve_padding
+    from keras_bert_ft.training.runner import resolve_padding
     tpu = mock.MagicMock(spec=tf.distribute.TPUStrategy)
     assert resolve_padding("auto", tpu) == "static"
     assert resolve_padding("auto", tf.distribute.get_strategy()) == "bucketed"

@@ -6,13 +6,13 @@ import pytest
 import tensorflow as tf
 
 from keras_bert_ft._keras import keras
-from keras_bert_ft.encoder import HubEncoder
+from keras_bert_ft.encoders.hub_encoder import HubEncoder
 from keras_bert_ft.errors import KbftError
-from keras_bert_ft.models import build_classifier
-from keras_bert_ft.optimization import AdamW
-from keras_bert_ft.preprocessing import Preprocessor
-from keras_bert_ft.strategy import new_mirrored_strategy
-from keras_bert_ft.unfreeze import GradualUnfreezing
+from keras_bert_ft.tasks.models import build_classifier
+from keras_bert_ft.training.optimization import AdamW
+from keras_bert_ft.data.preprocessing import Preprocessor
+from keras_bert_ft.training.strategy import new_mirrored_strategy
+from keras_bert_ft.training.unfreeze import GradualUnfreezing
 
 
 class Snapshots(keras.callbacks.Callback):

@@ -43,8 +43,8 @@ def main(argv=None) -> int:
 
     import tensorflow as tf
     from safetensors.numpy import load_file
-    from keras_bert_ft import presets
-    from keras_bert_ft.preprocessing import Preprocessor
+    from keras_bert_ft.encoders import presets
+    from keras_bert_ft.data.preprocessing import Preprocessor
     from keras_bert_ft.tasks import common
     from keras_bert_ft.tasks.qa import cloze_questions, featurize, make_windows, split_articles
 

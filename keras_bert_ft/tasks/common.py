@@ -17,15 +17,16 @@ import numpy as np
 import tensorflow as tf
 
 from keras_bert_ft._keras import keras
-from keras_bert_ft import data as data_lib, export as export_lib
-from keras_bert_ft.encoder import HubEncoder, TrainableSpec
+from keras_bert_ft.data import examples as data_lib
+from keras_bert_ft.export import saved_model as export_lib
+from keras_bert_ft.encoders.hub_encoder import HubEncoder, TrainableSpec
 from keras_bert_ft.errors import KbftError, bad_argument
-from keras_bert_ft.native_encoder import make_encoder
-from keras_bert_ft.optimization import create_optimizer
-from keras_bert_ft.preprocessing import (INPUT_KEYS, Preprocessor, check_seq_length,
+from keras_bert_ft.encoders.native import make_encoder
+from keras_bert_ft.training.optimization import create_optimizer
+from keras_bert_ft.data.preprocessing import (INPUT_KEYS, Preprocessor, check_seq_length,
                                          trim_to_longest)
-from keras_bert_ft.strategy import get_strategy
-from keras_bert_ft import training
+from keras_bert_ft.training.strategy import get_strategy
+from keras_bert_ft.training import runner as training
 from keras_bert_ft.tasks import TASKS
 IGNORE = -1  # label of positions / sentences left out of the loss
 
@@ -126,7 +127,7 @@ def build_encoder(config: TaskConfig, strategy) -> HubEncoder:
                                trainable_layers=config.trainable_layers,
                                train_embeddings=config.train_embeddings)
     check_seq_length(config.seq_length, encoder.max_seq_length)
-    from keras_bert_ft.models import leave_pooler_untrained
+    from keras_bert_ft.tasks.models import leave_pooler_untrained
     leave_pooler_untrained(encoder)  # the task heads read the sequence output
     return encoder
 
@@ -136,7 +137,7 @@ def task_preprocessor(encoder: HubEncoder, config: TaskConfig) -> Preprocessor:
     vocab of a named preprocessor folder, else the encoder's own."""
     handle = config.preprocessor
     if handle and not handle.endswith(".txt"):
-        from keras_bert_ft import presets
+        from keras_bert_ft.encoders import presets
         vocab = os.path.join(presets.resolve_preprocessor(handle), "assets", "vocab.txt")
         if not os.path.isfile(vocab):
             raise bad_argument("preprocessor", handle, "a vocab.txt, or a folder holding "

@@ -20,10 +20,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_bert_ft._keras import keras
-from keras_bert_ft import heads
+from keras_bert_ft.tasks import heads
 from keras_bert_ft.errors import KbftError, bad_argument
-from keras_bert_ft.models import FineTuneModel, encoder_inputs
-from keras_bert_ft.preprocessing import trim_to_longest
+from keras_bert_ft.tasks.models import FineTuneModel, encoder_inputs
+from keras_bert_ft.data.preprocessing import trim_to_longest
 from keras_bert_ft.tasks import common
 from keras_bert_ft.tasks.metrics import squad_metrics
 

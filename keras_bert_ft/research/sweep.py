@@ -28,7 +28,7 @@ def _peak_mib() -> float:
 
 def run_one(config, train_ex, val_ex, metric: str) -> dict:
     """One fine-tuning run -> its figures (module level, so a spawned process can run it)."""
-    from keras_bert_ft.training import ThroughputCallback, fine_tune
+    from keras_bert_ft.training.runner import ThroughputCallback, fine_tune
 
     class CpuTime(ThroughputCallback):
         """Process CPU seconds (all threads) inside training steps, each epoch's first
@@ -111,8 +111,8 @@ def sweep_layers(train, validation, config=None, *, layers: Optional[Sequence[in
 
     Returns the figures (also written as JSON).
     """
-    from keras_bert_ft import training
-    from keras_bert_ft.heads import POOLINGS
+    from keras_bert_ft.training import runner as training
+    from keras_bert_ft.tasks.heads import POOLINGS
     if validation is None:
         raise bad_argument("validation", None, "validation data: runs are compared on it")
     config = dataclasses.replace(config or training.FineTuneConfig(), output_dir=None,
@@ -174,11 +174,11 @@ def sweep_layers(train, validation, config=None, *, layers: Optional[Sequence[in
 
 
 def _num_layers(handle: str) -> int:
-    from keras_bert_ft import presets
+    from keras_bert_ft.encoders import presets
     preset = presets.get_preset(handle)
     if preset is not None:
         return preset.num_layers
-    from keras_bert_ft.encoder import HubEncoder
+    from keras_bert_ft.encoders.hub_encoder import HubEncoder
     encoder = HubEncoder(handle)
     encoder._require_layers("sweep-layers")
     return encoder.num_layers

@@ -147,7 +147,7 @@ def ensure_converted(name: str) -> str:
             return target
         _remove_debris(name)
         _log.warning("Converting preset %r from %s into %s (once).", name, module, target)
-        from keras_bert_ft import convert
+        from keras_bert_ft.encoders import convert
 
         convert.convert_hf_bert(src, target, seq_length=128)
         marker = {"format": CACHE_FORMAT, "source": src}

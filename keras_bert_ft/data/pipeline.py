@@ -22,7 +22,9 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from keras_bert_ft import data as data_lib, strategy as strategy_lib, tpu
+from keras_bert_ft.data import examples as data_lib
+from keras_bert_ft.training import strategy as strategy_lib
+from keras_bert_ft.training import tpu
 from keras_bert_ft.errors import bad_argument
 
 _CHUNK = 1024  # examples tokenised at a time when counting length buckets

@@ -14,9 +14,9 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from keras_bert_ft.data import TASKS
+from keras_bert_ft.data.examples import TASKS
 from keras_bert_ft.errors import KbftError, bad_argument
-from keras_bert_ft.preprocessing import trim_to_longest
+from keras_bert_ft.data.preprocessing import trim_to_longest
 
 METADATA_FILE = "kbft_export.json"
 

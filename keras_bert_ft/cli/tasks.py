@@ -72,7 +72,7 @@ def run_task_training(args) -> int:
 def _qa_ensemble_of_seeds(task, train, validation, config, seeds):
     """`--task qa --seeds N`: N runs from `--seed` up, served as one ensemble (mean
     start/end logits, `tasks.qa.ensemble_qa`); each run's metrics are kept too."""
-    from keras_bert_ft.seeds import resolve_seeds
+    from keras_bert_ft.research.seeds import resolve_seeds
     from keras_bert_ft.tasks import fine_tune_task
     from keras_bert_ft.tasks.qa import ensemble_qa
 

@@ -11,7 +11,7 @@ import os
 import sys
 from typing import List, Optional
 
-from keras_bert_ft import research_cli
+from keras_bert_ft.cli import research as research_cli
 from keras_bert_ft.errors import KbftError, bad_argument
 
 # Flags whose names differ from FineTuneConfig fields.
@@ -41,7 +41,7 @@ def _int_list(value: str):
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    from keras_bert_ft.training import FineTuneConfig
+    from keras_bert_ft.training.runner import FineTuneConfig
     for field in dataclasses.fields(FineTuneConfig):
         if field.name in _NOT_FLAGS:
             continue
@@ -67,7 +67,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args):
-    from keras_bert_ft.training import FineTuneConfig
+    from keras_bert_ft.training.runner import FineTuneConfig
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(FineTuneConfig)
               if f.name not in _NOT_FLAGS}
     return FineTuneConfig(lower_case=not args.cased, **values)
@@ -76,14 +76,14 @@ def _config_from_args(args):
 def cmd_train(args) -> int:
     from keras_bert_ft.tasks import TASKS
     if getattr(args, "task", None) in TASKS:  # tagging, qa, summarization
-        from keras_bert_ft.tasks.cli import run_task_training
+        from keras_bert_ft.cli.tasks import run_task_training
         return run_task_training(args)
-    from keras_bert_ft.training import fine_tune, save_run
+    from keras_bert_ft.training.runner import fine_tune, save_run
     config = _config_from_args(args)
     if not config.output_dir:
         raise bad_argument("output", None, "a folder for checkpoints, logs and the export")
     if args.seeds:
-        from keras_bert_ft.research_cli import cmd_train_seeds
+        from keras_bert_ft.cli.research import cmd_train_seeds
         return cmd_train_seeds(args, config)
     result = fine_tune(args.train, args.validation, config)
     paths = save_run(result, config.output_dir)
@@ -96,9 +96,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from keras_bert_ft import data as data_lib
-    from keras_bert_ft import sentence_tasks
-    from keras_bert_ft.export import load_export, predict_export, read_metadata
+    from keras_bert_ft.data import examples as data_lib
+    from keras_bert_ft.tasks import sentence as sentence_tasks
+    from keras_bert_ft.export.saved_model import load_export, predict_export, read_metadata
     meta = read_metadata(args.model)
     task = meta.get("task", "classification")
     examples = data_lib.load_examples(
@@ -119,12 +119,12 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from keras_bert_ft import data as data_lib
-    from keras_bert_ft.export import load_export, predict_export, read_metadata
+    from keras_bert_ft.data import examples as data_lib
+    from keras_bert_ft.export.saved_model import load_export, predict_export, read_metadata
     meta = read_metadata(args.model)
     from keras_bert_ft.tasks import TASKS
     if meta.get("task") in TASKS:  # a tagging, qa or summarization export
-        from keras_bert_ft.tasks.cli import run_task_prediction
+        from keras_bert_ft.cli.tasks import run_task_prediction
         return run_task_prediction(args, meta)
     if args.input:
         examples = data_lib.load_examples(args.input, text_column=args.text_column,
@@ -175,14 +175,14 @@ def _check_pair(meta: dict, has_pair: bool) -> None:
 
 
 def cmd_export(args) -> int:
-    from keras_bert_ft.training import export_from_run
+    from keras_bert_ft.training.runner import export_from_run
     path = export_from_run(args.run, args.output, checkpoint=args.checkpoint)
     print(f"export: {path}")
     return 0
 
 
 def cmd_report(args) -> int:
-    from keras_bert_ft.encoder import HubEncoder
+    from keras_bert_ft.encoders.hub_encoder import HubEncoder
     encoder = HubEncoder(args.encoder, trainable_layers=args.trainable_layers)
     print(f"encoder: {args.encoder}  layers: {encoder.num_layers}  "
           f"hidden: {encoder.hidden_size}  max seq_length: {encoder.max_seq_length}")
@@ -191,7 +191,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from keras_bert_ft import convert
+    from keras_bert_ft.encoders import convert
     if bool(args.from_hf) == bool(args.from_tf1):
         raise bad_argument("from_hf", args.from_hf, "exactly one of --from-hf or --from-tf1")
     if args.from_hf:
@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "trec:<path>, trec-fine:<path>, cola:<path>")
     train.add_argument("--validation", help="validation file; its metrics go to metrics.json")
     _add_config_flags(train)
-    from keras_bert_ft.tasks.cli import add_task_arguments
+    from keras_bert_ft.cli.tasks import add_task_arguments
     add_task_arguments(train)
     research_cli.add_train_flags(train)
     train.set_defaults(func=cmd_train)

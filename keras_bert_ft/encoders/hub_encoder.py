@@ -12,7 +12,7 @@ import re
 from typing import Dict, List, Optional, Sequence, Union
 
 from keras_bert_ft._keras import keras  # noqa: F401  (selects tf_keras before hub)
-from keras_bert_ft import presets
+from keras_bert_ft.encoders import presets
 from keras_bert_ft.errors import KbftError, bad_argument
 
 import tensorflow_hub as hub  # noqa: E402
@@ -153,7 +153,7 @@ class HubEncoder(hub.KerasLayer):
     def reinitialize(self, top_k: int, *, pooler: Optional[bool] = None,
                      seed: Optional[int] = None) -> List[str]:
         """Re-initialises the top `top_k` layers (and the pooler) with BERT's init."""
-        from keras_bert_ft.reinit import reinitialize
+        from keras_bert_ft.encoders.reinit import reinitialize
         if top_k:
             self._require_layers(f"reinit_layers={top_k!r}")
         chosen = reinitialize(self._groups, top_k, seed=seed,

@@ -16,9 +16,9 @@ import os
 
 import tensorflow as tf
 
-from keras_bert_ft import presets
+from keras_bert_ft.encoders import presets
 from keras_bert_ft.errors import KbftError, bad_argument
-from keras_bert_ft.strategy import is_tpu
+from keras_bert_ft.training.strategy import is_tpu
 
 logger = logging.getLogger("keras_bert_ft")
 

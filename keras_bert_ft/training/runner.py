@@ -21,19 +21,22 @@ import numpy as np
 import tensorflow as tf
 
 from keras_bert_ft._keras import keras
-from keras_bert_ft import data as data_lib, presets, sentence_tasks, tpu
-from keras_bert_ft.determinism import enable_determinism
-from keras_bert_ft.encoder import HubEncoder, TrainableSpec
+from keras_bert_ft.data import examples as data_lib
+from keras_bert_ft.encoders import presets
+from keras_bert_ft.tasks import sentence as sentence_tasks
+from keras_bert_ft.training import tpu
+from keras_bert_ft.training.determinism import enable_determinism
+from keras_bert_ft.encoders.hub_encoder import HubEncoder, TrainableSpec
 from keras_bert_ft.errors import KbftError, bad_argument
-from keras_bert_ft.export import ServingModule, export_saved_model
-from keras_bert_ft.metrics import tune_thresholds
-from keras_bert_ft.models import build_task_model
-from keras_bert_ft.native_encoder import IMPLS, NativeEncoder, make_encoder
-from keras_bert_ft.optimization import create_optimizer
-from keras_bert_ft.preprocessing import Preprocessor, check_seq_length
-from keras_bert_ft.fault_tolerance import RunBackup, StopOnNonFiniteLoss, fingerprint
-from keras_bert_ft.strategy import ensure_strategy, is_chief
-from keras_bert_ft.train_input import epoch_batches, training_input
+from keras_bert_ft.export.saved_model import ServingModule, export_saved_model
+from keras_bert_ft.tasks.scores import tune_thresholds
+from keras_bert_ft.tasks.models import build_task_model
+from keras_bert_ft.encoders.native import IMPLS, NativeEncoder, make_encoder
+from keras_bert_ft.training.optimization import create_optimizer
+from keras_bert_ft.data.preprocessing import Preprocessor, check_seq_length
+from keras_bert_ft.training.fault_tolerance import RunBackup, StopOnNonFiniteLoss, fingerprint
+from keras_bert_ft.training.strategy import ensure_strategy, is_chief
+from keras_bert_ft.data.pipeline import epoch_batches, training_input
 
 logger = logging.getLogger("keras_bert_ft")
 
@@ -146,7 +149,7 @@ def check_encoder_settings(config) -> None:
 
 def check_layer_rates(config) -> None:
     """`encoder_learning_rate` and `layer_decay` of a FineTuneConfig or a tasks.TaskConfig."""
-    from keras_bert_ft.layerwise import check_rates
+    from keras_bert_ft.training.layerwise import check_rates
     rate = config.encoder_learning_rate
     if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float))
                              or not rate > 0):
@@ -156,7 +159,7 @@ def check_layer_rates(config) -> None:
 
 def validate_research_fields(config: "FineTuneConfig") -> None:
     """Checks the layer-wise rate, re-init and gradual-unfreezing fields."""
-    from keras_bert_ft.unfreeze import UNITS
+    from keras_bert_ft.training.unfreeze import UNITS
     check_layer_rates(config)
     for name in ("reinit_layers", "unfreeze_every"):
         value = getattr(config, name)
@@ -395,7 +398,7 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
     if config.verbose:
         print(model.trainable_report())
         if multipliers:
-            from keras_bert_ft.layerwise import format_rates, rate_rows
+            from keras_bert_ft.training.layerwise import format_rates, rate_rows
             print(format_rates(rate_rows(model, resolve_learning_rate(config), multipliers)))
     padding = resolve_padding(config.padding, strategy)
     drop_remainder = padding == "static"
@@ -463,14 +466,14 @@ def learning_rate_multipliers(model, config: FineTuneConfig):
     ratio = (config.encoder_learning_rate or base) / base
     if config.layer_decay == 1.0 and ratio == 1.0:
         return None
-    from keras_bert_ft.layerwise import layer_multipliers
+    from keras_bert_ft.training.layerwise import layer_multipliers
     return layer_multipliers(model, layer_decay=config.layer_decay, encoder_rate=ratio)
 
 
 def _unfreezing_callbacks(config: FineTuneConfig):
     if not config.unfreeze_every:
         return []
-    from keras_bert_ft.unfreeze import GradualUnfreezing
+    from keras_bert_ft.training.unfreeze import GradualUnfreezing
     start = 0 if config.trainable_layers == "none" else config.trainable_layers
     return [GradualUnfreezing(config.unfreeze_every, config.unfreeze_unit, start_layers=start,
                               unfreeze_embeddings=bool(config.train_embeddings),

@@ -107,7 +107,7 @@ def run_seeds(train, validation, config=None, *, seeds: Union[int, Sequence[int]
         >>> res = run_seeds("train.tsv", "dev.tsv", seeds=5, metric="mcc", epochs=1)
         >>> res.summary["mcc"]["mean"], res.summary["mcc"]["std"], res.best.export("out")
     """
-    from keras_bert_ft import training
+    from keras_bert_ft.training import runner as training
     if validation is None:
         raise bad_argument("validation", None, "validation data: seeds are compared on it")
     config = dataclasses.replace(config or training.FineTuneConfig(), **overrides).validate()
@@ -165,7 +165,7 @@ def format_summary(res: SeedsResult) -> str:
 def save_seeds(res: SeedsResult, output_dir: str) -> dict:
     """Writes `seeds.json`, and the best run as a normal run folder (export, metrics,
     history, run config, its weights under `checkpoints/ckpt-best`)."""
-    from keras_bert_ft.training import save_run
+    from keras_bert_ft.training.runner import save_run
     paths = save_run(res.best, output_dir)
     res.best.model.save_weights(os.path.join(output_dir, "checkpoints", "ckpt-best"))
     paths["seeds"] = os.path.join(output_dir, "seeds.json")

@@ -18,8 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_bert_ft._keras import keras
-from keras_bert_ft import presets
-from keras_bert_ft.encoder import (HubEncoder, TrainableSpec, _load_error,
+from keras_bert_ft.encoders import presets
+from keras_bert_ft.encoders.hub_encoder import (HubEncoder, TrainableSpec, _load_error,
                                    check_local_handle, group_variables)
 from keras_bert_ft.errors import KbftError, bad_argument
 

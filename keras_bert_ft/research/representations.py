@@ -33,8 +33,8 @@ class LoadedEncoder:
 
 def load_encoder(source: str, *, seq_length: int = 128) -> LoadedEncoder:
     """A `HubEncoder` with the weights of `source` (pretrained handle, run folder, export)."""
-    from keras_bert_ft.encoder import HubEncoder
-    from keras_bert_ft.training import FineTuneConfig, default_preprocessor
+    from keras_bert_ft.encoders.hub_encoder import HubEncoder
+    from keras_bert_ft.training.runner import FineTuneConfig, default_preprocessor
     if not isinstance(source, str) or not source:
         raise bad_argument("model", source, "a preset, encoder folder, run folder or export")
     if os.path.isfile(os.path.join(source, "run_config.json")):
@@ -50,9 +50,9 @@ def load_encoder(source: str, *, seq_length: int = 128) -> LoadedEncoder:
 
 
 def _encoder_from_run(run_dir: str):
-    from keras_bert_ft.encoder import HubEncoder
-    from keras_bert_ft.models import build_classifier
-    from keras_bert_ft.training import FineTuneConfig, _latest_weights, resolve_pooling
+    from keras_bert_ft.encoders.hub_encoder import HubEncoder
+    from keras_bert_ft.tasks.models import build_classifier
+    from keras_bert_ft.training.runner import FineTuneConfig, _latest_weights, resolve_pooling
     with open(os.path.join(run_dir, "run_config.json")) as f:
         saved = json.load(f)
     fields = {f.name for f in dataclasses.fields(FineTuneConfig)}
@@ -70,9 +70,9 @@ def _encoder_from_run(run_dir: str):
 
 
 def _encoder_from_export(export_dir: str):
-    from keras_bert_ft.encoder import HubEncoder
-    from keras_bert_ft.export import load_export, read_metadata
-    from keras_bert_ft.training import FineTuneConfig
+    from keras_bert_ft.encoders.hub_encoder import HubEncoder
+    from keras_bert_ft.export.saved_model import load_export, read_metadata
+    from keras_bert_ft.training.runner import FineTuneConfig
     meta = read_metadata(export_dir)
     if not meta.get("encoder"):
         raise bad_argument("model", export_dir, "an export whose metadata names its encoder")
@@ -90,7 +90,7 @@ def _encoder_from_export(export_dir: str):
 
 def encode_texts(preprocessor, texts: List[str], texts_pair=None):
     """Token ids for all texts, cut to the longest real length among them."""
-    from keras_bert_ft.preprocessing import trim_to_longest
+    from keras_bert_ft.data.preprocessing import trim_to_longest
     pair = None if texts_pair is None else tf.constant(list(texts_pair))
     return trim_to_longest(preprocessor(tf.constant(list(texts)), pair))
 

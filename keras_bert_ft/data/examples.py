@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from keras_bert_ft import readers
+from keras_bert_ft.data import readers
 from keras_bert_ft.errors import KbftError, bad_argument
-from keras_bert_ft.preprocessing import trim_to_longest
+from keras_bert_ft.data.preprocessing import trim_to_longest
 
 FORMATS = ("csv", "tsv", "jsonl")
 TASKS = ("classification", "multilabel", "regression")

@@ -31,7 +31,7 @@ def add_train_flags(train) -> None:
 
 
 def cmd_train_seeds(args, config) -> int:
-    from keras_bert_ft.seeds import format_summary, run_seeds, save_seeds
+    from keras_bert_ft.research.seeds import format_summary, run_seeds, save_seeds
     if args.validation is None:
         raise bad_argument("validation", None, "a validation file: --seeds compares on it")
     res = run_seeds(args.train, args.validation, config, seeds=args.seeds, metric=args.metric)
@@ -42,7 +42,7 @@ def cmd_train_seeds(args, config) -> int:
 
 
 def cmd_sweep_layers(args, config) -> int:
-    from keras_bert_ft.sweep import format_table, sweep_layers
+    from keras_bert_ft.research.sweep import format_table, sweep_layers
     output = config.output_dir or "runs/sweep_layers"
     figures = sweep_layers(args.train, args.validation, config, layers=args.layers,
                            include_full=not args.no_full, head_depths=args.head_depths or (),
@@ -55,7 +55,7 @@ def cmd_sweep_layers(args, config) -> int:
 
 
 def _texts(args):
-    from keras_bert_ft import data as data_lib
+    from keras_bert_ft.data import examples as data_lib
     examples = data_lib.load_examples(args.data, text_column=args.text_column,
                                       text_pair_column=args.text_pair_column,
                                       encoding=args.encoding)
@@ -64,7 +64,7 @@ def _texts(args):
 
 
 def cmd_diff(args) -> int:
-    from keras_bert_ft.diff import diff_models, format_diff
+    from keras_bert_ft.research.diff import diff_models, format_diff
     texts, pairs = _texts(args)
     figures = diff_models(args.model_a, args.model_b, texts, texts_pair=pairs,
                           representation=args.representation, seq_length=args.seq_length,
@@ -76,7 +76,7 @@ def cmd_diff(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    from keras_bert_ft.probe import format_probe, probe_layers
+    from keras_bert_ft.research.probe import format_probe, probe_layers
     figures = probe_layers(args.model, args.train, args.validation,
                            representation=args.representation, text_column=args.text_column,
                            label_column=args.label_column,

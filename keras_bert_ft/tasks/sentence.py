@@ -12,9 +12,9 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from keras_bert_ft._keras import keras
-from keras_bert_ft.data import TASKS
+from keras_bert_ft.data.examples import TASKS
 from keras_bert_ft.errors import bad_argument
-from keras_bert_ft import metrics as metrics_lib
+from keras_bert_ft.tasks import scores as metrics_lib
 
 # The metric each task's runs are usually judged and compared by.
 PRIMARY_METRIC = {"classification": "accuracy", "multilabel": "f1_micro",

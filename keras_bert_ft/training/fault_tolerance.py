@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from keras_bert_ft._keras import keras
 from keras_bert_ft.errors import KbftError
-from keras_bert_ft.strategy import is_chief
+from keras_bert_ft.training.strategy import is_chief
 
 logger = logging.getLogger("keras_bert_ft")
 

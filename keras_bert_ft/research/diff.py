@@ -13,7 +13,7 @@ from typing import List, Optional
 import numpy as np
 
 from keras_bert_ft.errors import KbftError
-from keras_bert_ft.representations import (LinearCKA, encode_texts, layer_features,
+from keras_bert_ft.research.representations import (LinearCKA, encode_texts, layer_features,
                                            load_encoder)
 
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 import tensorflow_text as text
 
 from keras_bert_ft._keras import keras  # noqa: F401  (selects tf_keras before hub)
-from keras_bert_ft import presets
+from keras_bert_ft.encoders import presets
 from keras_bert_ft.errors import KbftError, bad_argument
 
 INPUT_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
@@ -184,7 +184,7 @@ def trim_to_longest(features: Dict[str, tf.Tensor], multiple: int = 8):
 
 def _load_hub_preprocessor(handle: str):
     resolved = presets.resolve_preprocessor(handle)
-    from keras_bert_ft.encoder import check_local_handle, is_remote
+    from keras_bert_ft.encoders.hub_encoder import check_local_handle, is_remote
     check_local_handle(resolved)
     import tensorflow_hub as hub
     try:

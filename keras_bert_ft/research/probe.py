@@ -14,8 +14,8 @@ from typing import Optional
 import numpy as np
 
 from keras_bert_ft.errors import bad_argument
-from keras_bert_ft.metrics import classification_metrics
-from keras_bert_ft.representations import all_layer_features, encode_texts, load_encoder
+from keras_bert_ft.tasks.scores import classification_metrics
+from keras_bert_ft.research.representations import all_layer_features, encode_texts, load_encoder
 
 
 class LogisticProbe:
@@ -90,7 +90,7 @@ def probe_layers(model: str, train, validation, *, representation: str = "cls",
         >>> figures = probe_layers("minilm-l6", "train.tsv", "dev.tsv", max_train_examples=2000)
         >>> print(format_probe(figures))
     """
-    from keras_bert_ft import data as data_lib
+    from keras_bert_ft.data import examples as data_lib
     if representation not in ("cls", "mean"):
         raise bad_argument("representation", representation, "cls or mean")
     columns = dict(text_column=text_column, label_column=label_column,

@@ -398,7 +398,7 @@ def _activation(kind):
 
 def _write(source: _Source, out_dir: str, *, seq_length: int, overwrite: bool) -> str:
     """Exports `source` to a temp folder next to `out_dir`, then renames it into place."""
-    from keras_bert_ft import tfhub_format
+    from keras_bert_ft.encoders import tfhub_format
     from keras_bert_ft._keras import keras
 
     dims = source.dims

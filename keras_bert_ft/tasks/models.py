@@ -5,9 +5,9 @@ from typing import Sequence, Union
 import tensorflow as tf
 
 from keras_bert_ft._keras import keras
-from keras_bert_ft.encoder import HubEncoder, format_report
+from keras_bert_ft.encoders.hub_encoder import HubEncoder, format_report
 from keras_bert_ft.errors import bad_argument
-from keras_bert_ft import heads
+from keras_bert_ft.tasks import heads
 
 
 class FineTuneModel(keras.Model):

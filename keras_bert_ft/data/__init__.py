@@ -1,0 +1,1 @@
+"""Data: readers (files, DataFrames, tfds, public formats), preprocessing and the training input pipeline."""

@@ -1,0 +1,1 @@
+"""Encoders: the per-layer trainable TF-Hub layer, the native rebuild, presets, conversion, re-initialisation."""

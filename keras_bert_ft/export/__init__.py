@@ -1,0 +1,1 @@
+"""Export: the raw-string SavedModel and the one reader that brings a run folder or an export back."""

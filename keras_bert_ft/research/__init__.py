@@ -1,0 +1,1 @@
+"""Research kit: several seeds, layer sweeps, weight/representation diffs, probes, CKA."""
