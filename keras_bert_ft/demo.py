@@ -62,7 +62,8 @@ def run_demo(data_dir: Optional[str] = None, output_dir: str = "runs/demo",
              train_examples: Optional[int] = None, epochs: Optional[int] = None) -> dict:
     """Runs the demo end to end and returns the metrics."""
     from keras_bert_ft.export.saved_model import load_export, predict_export
-    from keras_bert_ft.training.runner import fine_tune, save_run
+    from keras_bert_ft.training.run_folder import save_run
+    from keras_bert_ft.training.runner import fine_tune
 
     start = time.time()
     settings = dict(DEFAULTS)

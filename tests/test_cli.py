@@ -149,13 +149,13 @@ def test_errors_are_one_line(tmp_path, encoder4, vocab_file, sentiment_files, ca
     train, dev = sentiment_files
     out = str(tmp_path / "o")
     base = lambda *extra: train_args(encoder4, vocab_file, train, dev, out, *extra)  # noqa: E731
-    _one_line_error(capsys, base("--train", str(tmp_path / "missing.tsv")), "Received: data=")
-    _one_line_error(capsys, base("--label-column", "stars"), "Received: label_column='stars'")
-    _one_line_error(capsys, base("--seq-length", "2"), "Received: seq_length=2")
+    _one_line_error(capsys, base("--train", str(tmp_path / "missing.tsv")), "Received: --train=")
+    _one_line_error(capsys, base("--label-column", "stars"), "Received: --label-column='stars'")
+    _one_line_error(capsys, base("--seq-length", "2"), "Received: --seq-length=2")
     _one_line_error(capsys, base("--seq-length", "64"), "<= 32")
-    _one_line_error(capsys, base("--trainable-layers", "9"), "Received: trainable_layers=9")
+    _one_line_error(capsys, base("--trainable-layers", "9"), "Received: --trainable-layers=9")
     _one_line_error(capsys, base("--trainable-layers", "0,7"), "bad index 7")
-    _one_line_error(capsys, base("--encoder", str(tmp_path / "nope")), "Received: handle=")
+    _one_line_error(capsys, base("--encoder", str(tmp_path / "nope")), "Received: --encoder=")
     unseen = tmp_path / "unseen.tsv"
     unseen.write_text("sentence\tlabel\nfun\tmaybe\n")
     _one_line_error(capsys, base("--validation", str(unseen)), "unseen in training: ['maybe']")

@@ -10,7 +10,8 @@ import tensorflow as tf
 from keras_bert_ft._keras import keras
 from keras_bert_ft.tasks.models import encoder_inputs
 from keras_bert_ft.data.preprocessing import Preprocessor
-from keras_bert_ft.tasks import common, qa
+from keras_bert_ft.config import FineTuneConfig
+from keras_bert_ft.tasks import base, qa
 
 from conftest import SHARED_DATA, VOCAB
 
@@ -50,7 +51,7 @@ def test_long_contexts_split_into_stride_windows(pre):
 def test_answer_positions_only_in_windows_holding_the_answer(pre):
     start = CONTEXT.index("fun")
     example = qa.QAExample("what is good ?", CONTEXT, ["fun , not"], [start])
-    config = common.TaskConfig(seq_length=16, doc_stride=4, max_query_length=4)
+    config = FineTuneConfig(task="qa", seq_length=16, doc_stride=4, max_query_length=4)
     features, labels, skipped = qa.featurize(pre, [example], config)
     assert skipped == 0 and len(labels) == 3
     # fun , not = pieces 12..14: only window 2 (pieces 8..16) holds them, at 6 + 4.
@@ -88,7 +89,7 @@ def keyword_model(target_id):
 
 
 def test_answers_map_back_to_the_original_text(pre):
-    config = common.TaskConfig(seq_length=16, doc_stride=4, max_query_length=4)
+    config = FineTuneConfig(task="qa", seq_length=16, doc_stride=4, max_query_length=4)
     serving = qa.QAServing(keyword_model(VOCAB.index("movie")), pre, config)
     contexts = ["Zürich café movie", "the MOVIE was", "the plot was fun"]
     out = qa.decode(serving.run(["where ?"] * 3, contexts)[0])

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from keras_bert_ft.errors import KbftError
 from keras_bert_ft.data.preprocessing import Preprocessor
-from keras_bert_ft.tasks import common, summarization as sm
+from keras_bert_ft.tasks import base, summarization as sm
 
 from conftest import VOCAB
 
@@ -36,7 +36,7 @@ def test_sentences_past_the_input_are_left_out(pre):
     assert positions.to_list() == [[0, -1, -1]]  # 6 + 4 tokens > 8: "it is" gets no piece
     features, labels = sm.featurize(
         pre, [sm.Document(["the movie was good", "it is", "fun"], [0, 1, 1])], seq_length=8)
-    assert labels.tolist() == [[0, common.IGNORE, common.IGNORE]]
+    assert labels.tolist() == [[0, base.IGNORE, base.IGNORE]]
     assert features["cls_positions"].tolist() == [[0, 0, 0]]
 
 

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from keras_bert_ft.errors import KbftError
 from keras_bert_ft.data.preprocessing import Preprocessor
-from keras_bert_ft.tasks import common, tagging
+from keras_bert_ft.tasks import base, tagging
 
 from conftest import VOCAB
 
@@ -24,7 +24,7 @@ def test_labels_go_on_each_words_first_piece(pre):
     ids = features["input_word_ids"][0]
     assert [VOCAB[i] for i in ids[:8]] == ["[CLS]", "the", "movie", "##s", "[UNK]", "!",
                                             "good", "[SEP]"]
-    ignore = common.IGNORE
+    ignore = base.IGNORE
     assert labels[0].tolist() == [ignore, 0, 1, ignore, 2, ignore, 3, ignore]
 
 

@@ -1,22 +1,55 @@
 """kbft: the command line, a thin argparse layer over the functions notebooks call.
 
-Every subcommand is `main(argv) -> int`-testable; bad input prints one line
-(`error: ... Received: ...`) and exits 2, never a TensorFlow traceback.
+`kbft train` takes one flag per `FineTuneConfig` field (config.py), for every task; a
+flag given for a task it does not apply to is refused by name. Every subcommand is
+`main(argv) -> int`-testable; bad input prints one line (`error: --flag must be ...
+Received: ...`) and exits 2, never a TensorFlow traceback.
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 from typing import List, Optional
 
 from keras_bert_ft.cli import research as research_cli
+from keras_bert_ft.config import FIELDS, SENTENCE_TASKS, TASKS, applies
 from keras_bert_ft.errors import KbftError, bad_argument
 
 # Flags whose names differ from FineTuneConfig fields.
 _RENAMED = {"output_dir": "output"}
-_NOT_FLAGS = {"train_embeddings", "lower_case"}
+_NOT_FLAGS = {"lower_case", "train_embeddings"}  # --cased, --train-embeddings / --freeze-embeddings
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2), like the toolkit's own."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message}\n")
+
+
+def flag_of(name: str) -> str:
+    return "--" + _RENAMED.get(name, name).replace("_", "-")
+
+
+def parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"must be true or false. Received: {value!r}")
+
+
+def _typed(kind, expected: str):
+    def parse(value: str):
+        try:
+            return kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {expected}. Received: {value!r}") from None
+    parse.__name__ = expected
+    return parse
 
 
 def parse_trainable_layers(value: str):
@@ -29,64 +62,118 @@ def parse_trainable_layers(value: str):
             return [int(v) for v in value.split(",") if v.strip()]
         return int(value)
     except ValueError:
-        raise bad_argument("trainable_layers", value, '"all", "none", an int k or a '
-                           "comma-separated list of layer indices") from None
+        raise argparse.ArgumentTypeError(
+            f'must be "all", "none", an int k or a comma-separated list of layer indices. '
+            f"Received: {value!r}") from None
 
 
 def _int_list(value: str):
     try:
         return tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise bad_argument("head_units", value, "comma-separated ints, e.g. 256,128") from None
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated ints, e.g. 256,128. Received: {value!r}") from None
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    from keras_bert_ft.training.runner import FineTuneConfig
-    for field in dataclasses.fields(FineTuneConfig):
-        if field.name in _NOT_FLAGS:
+_TYPES = {"trainable_layers": parse_trainable_layers, "head_units": _int_list}
+_INTS = {"epochs", "batch_size", "seq_length", "seed", "max_train_examples",
+         "max_eval_examples", "verbose", "backup_steps", "steps_per_execution",
+         "reinit_layers", "unfreeze_every", "doc_stride", "max_query_length",
+         "max_answer_length", "n_best_size", "cloze", "cloze_per_sentence", "top_k"}
+_FLOATS = {"learning_rate", "warmup_ratio", "weight_decay", "dropout", "clip_norm",
+           "encoder_learning_rate", "layer_decay"}
+
+
+def _kind(name: str):
+    if name in _TYPES:
+        return _TYPES[name]
+    if name in _INTS:
+        return _typed(int, "an int")
+    if name in _FLOATS:
+        return _typed(float, "a number")
+    if isinstance(FIELDS[name].default, bool):
+        return parse_bool
+    return str
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field; defaults stay None so a given flag is known as given."""
+    groups = {"all": parser.add_argument_group("every task")}
+    for name, field in FIELDS.items():
+        if name in _NOT_FLAGS:
             continue
-        flag = "--" + _RENAMED.get(field.name, field.name).replace("_", "-")
-        kwargs = {"dest": field.name, "default": field.default,
+        tasks = field.metadata["tasks"]
+        label = "every task" if tasks == TASKS else f"--task {' / '.join(tasks)}"
+        group = groups.setdefault(label, parser.add_argument_group(label))
+        kwargs = {"dest": name, "default": None, "type": _kind(name),
                   "help": f"{field.metadata['help']} (default: {field.default!r})"}
-        if field.name == "trainable_layers":
-            kwargs["type"] = parse_trainable_layers
-        elif field.name == "head_units":
-            kwargs["type"] = _int_list
-        elif isinstance(field.default, bool):
-            kwargs["type"] = lambda v: v.lower() in ("1", "true", "yes")
+        if name == "task":
+            kwargs["choices"] = TASKS
+            kwargs.pop("type")
+        if isinstance(field.default, bool):
             kwargs.update(nargs="?", const=True)  # `--deterministic` alone means true
-        elif isinstance(field.default, (int, float)) and field.default is not None:
-            kwargs["type"] = type(field.default)
-        elif field.name in ("max_train_examples", "max_eval_examples", "steps_per_execution"):
-            kwargs["type"] = int
-        elif field.name in ("learning_rate", "encoder_learning_rate", "clip_norm"):
-            kwargs["type"] = float
-        parser.add_argument(flag, **kwargs)
-    parser.add_argument("--cased", action="store_true",
-                        help="keep case (vocab.txt preprocessors; default lower-cases)")
+        group.add_argument(flag_of(name), **kwargs)
+    embeddings = groups["all"].add_mutually_exclusive_group()
+    embeddings.add_argument("--train-embeddings", dest="train_embeddings", action="store_const",
+                            const=True, default=None, help="train the embeddings (default: "
+                            "only when all layers train)")
+    embeddings.add_argument("--freeze-embeddings", dest="train_embeddings",
+                            action="store_const", const=False, help="keep the embeddings frozen")
+    groups["all"].add_argument("--cased", action="store_true", default=None,
+                               help="keep case (vocab.txt preprocessors; default lower-cases)")
 
 
-def _config_from_args(args):
-    from keras_bert_ft.training.runner import FineTuneConfig
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(FineTuneConfig)
-              if f.name not in _NOT_FLAGS}
-    return FineTuneConfig(lower_case=not args.cased, **values)
+def given_config_values(args) -> dict:
+    """The config fields the user gave on the command line."""
+    values = {name: getattr(args, name) for name in FIELDS
+              if name not in _NOT_FLAGS and getattr(args, name, None) is not None}
+    if getattr(args, "train_embeddings", None) is not None:
+        values["train_embeddings"] = args.train_embeddings
+    if getattr(args, "cased", None):
+        values["lower_case"] = False
+    return values
+
+
+def config_from_args(args):
+    """The run's `FineTuneConfig`: the given flags, each checked against `--task`."""
+    from keras_bert_ft.config import make_config
+    values = given_config_values(args)
+    task = values.get("task", FIELDS["task"].default)
+    for name, value in values.items():
+        if not applies(name, task):
+            shown = "--cased" if name == "lower_case" else flag_of(name)
+            raise KbftError(f"{shown} does not apply to --task {task} (it applies to "
+                            f"{', '.join(FIELDS[name].metadata['tasks'])}). Received: "
+                            f"{shown}={value!r}")
+    return make_config(**values)
 
 
 def cmd_train(args) -> int:
-    from keras_bert_ft.tasks import TASKS
-    if getattr(args, "task", None) in TASKS:  # tagging, qa, summarization
-        from keras_bert_ft.cli.tasks import run_task_training
-        return run_task_training(args)
-    from keras_bert_ft.training.runner import fine_tune, save_run
-    config = _config_from_args(args)
+    config = config_from_args(args)
     if not config.output_dir:
-        raise bad_argument("output", None, "a folder for checkpoints, logs and the export")
-    if args.seeds:
-        from keras_bert_ft.cli.research import cmd_train_seeds
-        return cmd_train_seeds(args, config)
-    result = fine_tune(args.train, args.validation, config)
-    paths = save_run(result, config.output_dir)
+        raise bad_argument("output_dir", None, "a folder for checkpoints, logs and the export")
+    train, validation = args.train, args.validation
+    if args.train_articles is not None:
+        if config.task != "qa" or validation:
+            raise bad_argument("train_articles", args.train_articles,
+                               "used only with --task qa and no --validation")
+        from keras_bert_ft.tasks.qa import split_articles
+        train, validation = split_articles(args.train, args.train_articles)
+    if args.metric is not None and not args.seeds:
+        raise bad_argument("metric", args.metric, "used only with --seeds")
+    if args.seeds is not None:
+        if config.task == "qa":
+            result = _qa_ensemble_of_seeds(train, validation, config, args.seeds)
+        elif config.task == "classification":
+            return research_cli.cmd_train_seeds(args, config)
+        else:
+            raise bad_argument("seeds", args.seeds, "used with --task classification (seeds "
+                               "compared) or qa (their ensemble), not --task "
+                               f"{config.task}")
+    else:
+        from keras_bert_ft.training.runner import fine_tune
+        result = fine_tune(train, validation, config)
+    paths = result.save(config.output_dir)
     if not paths:  # a non-chief worker: the chief writes the run folder
         print("worker finished; the chief wrote the run folder")
         return 0
@@ -95,22 +182,54 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _qa_ensemble_of_seeds(train, validation, config, seeds):
+    """`--task qa --seeds N`: N runs from `--seed` up, served as one ensemble (mean
+    start/end logits, `tasks.qa.ensemble_qa`); each run's metrics are kept too."""
+    import dataclasses
+    from keras_bert_ft.research.seeds import resolve_seeds
+    from keras_bert_ft.tasks.qa import ensemble_qa
+    from keras_bert_ft.training.runner import fine_tune
+
+    runs, seeds = [], resolve_seeds(seeds, config.seed)
+    for seed in seeds:
+        print(f"seed {seed}", flush=True)
+        runs.append(fine_tune(train, validation, dataclasses.replace(config, seed=seed)))
+    result = ensemble_qa(runs, validation)
+    result.metrics["seeds"] = seeds
+    result.metrics["member_metrics"] = [run.metrics for run in runs]
+    return result
+
+
+def _restore(args, name: str = "model"):
+    from keras_bert_ft.export.restore import restore
+    return restore(getattr(args, name), name=name)
+
+
+def _data_config(result, args):
+    """The run's config with the column and encoding flags the user gave."""
+    import dataclasses
+    changes = {k: getattr(args, k) for k in ("text_column", "text_pair_column",
+                                              "label_column", "encoding")
+               if getattr(args, k, None) is not None}
+    if result.task not in SENTENCE_TASKS:
+        given = [k for k in changes if k != "encoding"]
+        if given:
+            raise KbftError(f"{flag_of(given[0])} does not apply to a {result.task} model "
+                            f"(its data has no columns). Received: "
+                            f"{flag_of(given[0])}={changes[given[0]]!r}")
+    config = dataclasses.replace(result.config, **changes)
+    return config.validate()
+
+
 def cmd_evaluate(args) -> int:
-    from keras_bert_ft.data import examples as data_lib
-    from keras_bert_ft.tasks import sentence as sentence_tasks
-    from keras_bert_ft.export.saved_model import load_export, predict_export, read_metadata
-    meta = read_metadata(args.model)
-    task = meta.get("task", "classification")
-    examples = data_lib.load_examples(
-        args.data, text_column=args.text_column, label_column=args.label_column,
-        text_pair_column=args.text_pair_column, label_names=meta["label_names"],
-        encoding=args.encoding, task=task, label_separator=meta.get("label_separator", ","))
-    _check_pair(meta, examples.texts_pair is not None)
-    outputs = predict_export(load_export(args.model), examples.texts, examples.texts_pair)
-    metrics = sentence_tasks.evaluate(task, examples.labels,
-                                      outputs[sentence_tasks.output_key(task)],
-                                      meta["label_names"], meta.get("thresholds"))
-    metrics["eval_examples"] = len(examples)
+    from keras_bert_ft.tasks import get_task
+    result = _restore(args)
+    config = _data_config(result, args)
+    task = get_task(result.task)
+    data = task.read(args.data, config, result.info, where="data")
+    metrics, _ = task.evaluate(result.serving, data, config, result.info)
+    if args.output:
+        _check_output_file(args.output)
     print(json.dumps(metrics, indent=2))
     if args.output:
         with open(args.output, "w") as f:
@@ -118,33 +237,53 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _check_output_file(path: str, name: str = "output") -> None:
+    if os.path.isdir(path):
+        raise bad_argument(name, path, "a file path (it is a folder)")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise bad_argument(name, path, "a file in an existing folder this user can write")
+
+
 def cmd_predict(args) -> int:
     from keras_bert_ft.data import examples as data_lib
-    from keras_bert_ft.export.saved_model import load_export, predict_export, read_metadata
-    meta = read_metadata(args.model)
-    from keras_bert_ft.tasks import TASKS
-    if meta.get("task") in TASKS:  # a tagging, qa or summarization export
-        from keras_bert_ft.cli.tasks import run_task_prediction
-        return run_task_prediction(args, meta)
+    from keras_bert_ft.export.serving import concat_batches
+    result = _restore(args)
+    if args.input and args.text:
+        raise bad_argument("input", args.input, "not given together with --text")
+    if args.output:
+        _check_output_file(args.output)
+    sentence = result.task in SENTENCE_TASKS
     if args.input:
-        examples = data_lib.load_examples(args.input, text_column=args.text_column,
-                                          text_pair_column=args.text_pair_column,
-                                          encoding=args.encoding)
+        if not sentence:
+            raise bad_argument("input", args.input, f"not used by a {result.task} model: "
+                               "pass --text (and --text-pair for qa contexts)")
+        config = _data_config(result, args)
+        examples = data_lib.load_examples(args.input, text_column=config.text_column,
+                                          text_pair_column=config.text_pair_column,
+                                          encoding=config.encoding, where="input")
         texts, pairs = examples.texts, examples.texts_pair
     elif args.text:
         texts, pairs = args.text, args.text_pair
-        if pairs is not None and len(pairs) != len(texts):
-            raise bad_argument("text_pair", pairs, f"one --text-pair per --text ({len(texts)})")
     else:
         raise bad_argument("text", None, "--text TEXT (repeatable) or --input FILE")
-    _check_pair(meta, pairs is not None)
-    outputs = predict_export(load_export(args.model), texts, pairs)
+    wants_pair = result.pair or result.task == "qa"
+    if wants_pair and (pairs is None or len(pairs) != len(texts)):
+        what = "context" if result.task == "qa" else "second text"
+        raise bad_argument("text_pair", pairs, f"one {what} (--text-pair) per --text "
+                           f"({len(texts)}): this model takes pairs")
+    if pairs is not None and not wants_pair:
+        raise bad_argument("text_pair", pairs, "nothing: this model takes single texts")
+    columns = [texts] + ([pairs] if pairs is not None else [])
     out = open(args.output, "w") if args.output else sys.stdout
     try:
-        for i, text in enumerate(texts):
-            row = {"text": text, **_prediction_row(meta, outputs, i)}
-            if pairs is not None:
-                row["text_pair"] = pairs[i]
+        if sentence:
+            outputs = concat_batches(result.serving.run(*columns, batch_size=64))
+            rows = [{"text": text, **({"text_pair": pairs[i]} if pairs is not None else {}),
+                     **_prediction_row(result, outputs, i)} for i, text in enumerate(texts)]
+        else:
+            rows = result.predict(*columns)
+        for row in rows:
             out.write(json.dumps(row) + "\n")
     finally:
         if args.output:
@@ -152,31 +291,26 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def _prediction_row(meta: dict, outputs: dict, i: int) -> dict:
-    """One example's prediction as JSON-ready values, by the export's task."""
-    task = meta.get("task", "classification")
-    if task == "regression":
+def _prediction_row(result, outputs: dict, i: int) -> dict:
+    """One example's prediction as JSON-ready values, by the model's task."""
+    if result.task == "regression":
         return {"score": float(outputs["score"][i])}
-    row = {"probabilities": dict(zip(meta["label_names"],
+    row = {"probabilities": dict(zip(result.label_names,
                                      map(float, outputs["probabilities"][i])))}
-    if task == "multilabel":
+    if result.task == "multilabel":
         chosen = outputs["labels"][i].decode()
-        return {"labels": chosen.split(meta.get("label_separator", ",")) if chosen else [],
-                **row}
+        separator = result.info.get("label_separator", ",")
+        return {"labels": chosen.split(separator) if chosen else [], **row}
     return {"label": outputs["label"][i].decode(), **row}
 
 
-def _check_pair(meta: dict, has_pair: bool) -> None:
-    if meta.get("pair") and not has_pair:
-        raise bad_argument("text_pair", None, "second texts: this model classifies pairs "
-                           "(--text-pair / --text-pair-column)")
-    if has_pair and not meta.get("pair"):
-        raise bad_argument("text_pair", "<given>", "nothing: this model takes single texts")
-
-
 def cmd_export(args) -> int:
-    from keras_bert_ft.training.runner import export_from_run
-    path = export_from_run(args.run, args.output, checkpoint=args.checkpoint)
+    from keras_bert_ft.export.restore import restore_run
+    result = restore_run(args.run, checkpoint=args.checkpoint, name="run")
+    from keras_bert_ft.export.saved_model import write_export
+    from keras_bert_ft.training.runner import export_metadata
+    path = write_export(result.serving, args.output,
+                        export_metadata(result.config, result.info), name="output")
     print(f"export: {path}")
     return 0
 
@@ -216,46 +350,60 @@ def cmd_doctor(args) -> int:
     return doctor(as_json=args.json)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kbft", description="Fine-tune BERT-family TF-Hub encoders (keras_bert_ft).")
-    sub = parser.add_subparsers(dest="command", required=True)
+def positive_int(value: str) -> int:
+    number = _typed(int, "an int >= 1")(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1. Received: {value!r}")
+    return number
 
-    train = sub.add_parser("train", help="fine-tune a classifier (or multilabel / regression "
-                           "model: --task) and export it",
-                           description="Fine-tune an encoder + head on a labelled file; "
-                           "writes checkpoints, logs/, history.json, history.png, "
-                           "metrics.json and export/ under --output.")
-    train.add_argument("--train", required=True, help="training file (CSV, TSV, JSON lines), "
-                       "tfds:<name>, or a dataset in its own format: mrpc:<path>, "
-                       "trec:<path>, trec-fine:<path>, cola:<path>")
-    train.add_argument("--validation", help="validation file; its metrics go to metrics.json")
-    _add_config_flags(train)
-    from keras_bert_ft.cli.tasks import add_task_arguments
-    add_task_arguments(train)
-    research_cli.add_train_flags(train)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="kbft", description="Fine-tune BERT-family TF-Hub encoders "
+                    "(keras_bert_ft).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    train = sub.add_parser(
+        "train", help="fine-tune an encoder for any task (--task) and export it",
+        description="Fine-tune an encoder + head on labelled data; writes checkpoints, "
+        "logs/, history.json, history.png, metrics.json, run_config.json and export/ under "
+        "--output. Each flag says the tasks it applies to; others are refused.")
+    train.add_argument("--train", required=True, help="training data: a CSV/TSV/JSON-lines "
+                       "file, tfds:<name> or mrpc:/trec:/trec-fine:/cola:<path> (sentence "
+                       "tasks), a CoNLL file (tagging), SQuAD JSON (qa), JSON lines "
+                       "(summarization)")
+    train.add_argument("--validation", help="validation data; its metrics go to metrics.json")
+    add_config_flags(train)
+    extra = train.add_argument_group("runs and data splits")
+    extra.add_argument("--train-articles", type=positive_int, default=None,
+                       help="qa without --validation: split the --train SQuAD file by "
+                            "article, the first N train and the rest are held out")
+    research_cli.add_train_flags(extra)
     train.set_defaults(func=cmd_train)
 
-    evaluate = sub.add_parser("evaluate", help="metrics of an export on a labelled file")
-    evaluate.add_argument("--model", required=True, help="an export folder (DIR/export)")
-    evaluate.add_argument("--data", required=True, help="labelled file")
+    evaluate = sub.add_parser("evaluate", help="metrics of a run folder or an export on "
+                              "labelled data (any task)")
+    evaluate.add_argument("--model", required=True, help="an export (DIR/export) or a run folder")
+    evaluate.add_argument("--data", required=True, help="labelled data in the model's task format")
     evaluate.add_argument("--output", help="also write the metrics to this JSON file")
-    _add_column_flags(evaluate, labels=True)
+    add_column_flags(evaluate, labels=True)
     evaluate.set_defaults(func=cmd_evaluate)
 
-    predict = sub.add_parser("predict", help="classify raw texts with an export")
-    predict.add_argument("--model", required=True, help="an export folder (DIR/export)")
-    predict.add_argument("--text", action="append", help="a text to classify (repeatable)")
-    predict.add_argument("--text-pair", action="append", help="its second text, for pair models")
-    predict.add_argument("--input", help="a file of texts instead of --text")
+    predict = sub.add_parser("predict", help="run a model on raw texts (any task)")
+    predict.add_argument("--model", required=True, help="an export (DIR/export) or a run folder")
+    predict.add_argument("--text", action="append", help="a text (qa: a question; "
+                         "summarization: a document) (repeatable)")
+    predict.add_argument("--text-pair", action="append", help="its second text, for pair "
+                         "models (qa: its context)")
+    predict.add_argument("--input", help="a file of texts instead of --text (sentence tasks)")
     predict.add_argument("--output", help="write JSON lines here instead of stdout")
-    _add_column_flags(predict, labels=False)
+    add_column_flags(predict, labels=False)
     predict.set_defaults(func=cmd_predict)
 
     export = sub.add_parser("export", help="export a training run's checkpoint as a raw-string SavedModel")
     export.add_argument("--run", required=True, help="the --output folder of kbft train")
     export.add_argument("--checkpoint", help="checkpoint prefix (default: the latest)")
-    export.add_argument("--output", required=True, help="export folder to write")
+    export.add_argument("--output", required=True, help="export folder to write: new, empty, "
+                        "or an earlier export (replaced atomically)")
     export.set_defaults(func=cmd_export)
 
     report = sub.add_parser("report", help="trainable / frozen parameters per layer group")
@@ -268,40 +416,71 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--from-hf", help="Hugging Face folder (config.json, vocab.txt, model.safetensors)")
     convert.add_argument("--from-tf1", help="Google BERT folder (bert_model.ckpt.*, bert_config.json, vocab.txt)")
     convert.add_argument("--output", required=True, help="writes OUTPUT/encoder and OUTPUT/preprocessor")
-    convert.add_argument("--seq-length", type=int, default=128, help="preprocessor's default length")
+    convert.add_argument("--seq-length", type=positive_int, default=128, help="preprocessor's default length")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     convert.set_defaults(func=cmd_convert)
 
     demo = sub.add_parser("demo", help="fine-tune the embedded MiniLM on SST-2, evaluate, export, predict")
     demo.add_argument("--data", help="folder with SST-2 train.tsv/test.tsv (default: ../shared/data/sst2, else tfds glue/sst2)")
     demo.add_argument("--output", default="runs/demo", help="run folder (default: runs/demo)")
-    demo.add_argument("--train-examples", type=int, default=None, help="training examples to use")
-    demo.add_argument("--epochs", type=int, default=None, help="epochs")
+    demo.add_argument("--train-examples", type=positive_int, default=None, help="training examples to use")
+    demo.add_argument("--epochs", type=positive_int, default=None, help="epochs")
     demo.set_defaults(func=cmd_demo)
 
     doctor = sub.add_parser("doctor", help="check versions, Keras, tensorflow-text, devices, TPU/Colab; one fix per finding",
                             description="Checks this environment; exits 1 when a finding is an error.")
     doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
     doctor.set_defaults(func=cmd_doctor)
-    research_cli.add_commands(sub, _add_config_flags, _add_column_flags, _config_from_args)
+    research_cli.add_commands(sub, add_config_flags, add_column_flags, config_from_args)
     return parser
 
 
-def _add_column_flags(parser, labels: bool) -> None:
-    parser.add_argument("--text-column", default="sentence", help="column of the (first) text")
-    parser.add_argument("--text-pair-column", help="column of the second text, for pairs")
+def add_column_flags(parser, labels: bool) -> None:
+    """Column and encoding flags of evaluate / predict / probe; default: the run's own."""
+    parser.add_argument("--text-column", default=None, help="column of the (first) text "
+                        "(default: the run's, else sentence)")
+    parser.add_argument("--text-pair-column", default=None, help="column of the second text, for pairs")
     if labels:
-        parser.add_argument("--label-column", default="label", help="column of the label")
-    parser.add_argument("--encoding", default="utf-8-sig", help="file encoding")
+        parser.add_argument("--label-column", default=None, help="column of the label "
+                            "(default: the run's, else label)")
+    parser.add_argument("--encoding", default=None, help="file encoding (default: the run's, "
+                        "else utf-8-sig)")
+
+
+def _flags(parser: argparse.ArgumentParser, argv) -> dict:
+    """dest -> the option string the user typed (or the first one) of the chosen subcommand."""
+    flags = {}
+    command = next((a for a in argv if not a.startswith("-")), None)
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    chosen = subparsers[0].choices.get(command) if subparsers and command else None
+    for action in (chosen or parser)._actions:
+        typed = [o for o in action.option_strings if o in argv]
+        if action.option_strings:
+            flags.setdefault(action.dest, (typed or action.option_strings)[-1])
+    return flags
+
+
+def user_message(err: KbftError, flags: dict) -> str:
+    """The error's message with the field it names shown as the user's flag."""
+    message = str(err)
+    name = getattr(err, "argument", None)
+    flag = flags.get(name)
+    if name and flag:
+        if message.startswith(f"{name} "):
+            message = flag + message[len(name):]
+        message = message.replace(f"Received: {name}=", f"Received: {flag}=")
+    return " ".join(message.split())
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
     except KbftError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {user_message(err, _flags(parser, argv))}", file=sys.stderr)
         return 2
 
 

@@ -25,7 +25,7 @@ def add_train_flags(train) -> None:
                        help="run N seeds (from --seed up): mean ± std of --metric, "
                        "degenerate runs flagged, the best run kept under --output; "
                        "with --task qa: the N runs served as one ensemble")
-    train.add_argument("--metric", default="accuracy",
+    train.add_argument("--metric", default=None,
                        help="the metric --seeds summarises and picks the best by "
                        "(accuracy, f1, mcc; default: accuracy)")
 
@@ -34,7 +34,8 @@ def cmd_train_seeds(args, config) -> int:
     from keras_bert_ft.research.seeds import format_summary, run_seeds, save_seeds
     if args.validation is None:
         raise bad_argument("validation", None, "a validation file: --seeds compares on it")
-    res = run_seeds(args.train, args.validation, config, seeds=args.seeds, metric=args.metric)
+    res = run_seeds(args.train, args.validation, config, seeds=args.seeds,
+                    metric=args.metric or "accuracy")
     paths = save_seeds(res, config.output_dir)
     print(format_summary(res))
     print(f"seeds: {paths['seeds']}\nbest run export: {paths['export']}")
@@ -56,9 +57,9 @@ def cmd_sweep_layers(args, config) -> int:
 
 def _texts(args):
     from keras_bert_ft.data import examples as data_lib
-    examples = data_lib.load_examples(args.data, text_column=args.text_column,
+    examples = data_lib.load_examples(args.data, text_column=args.text_column or "sentence",
                                       text_pair_column=args.text_pair_column,
-                                      encoding=args.encoding)
+                                      encoding=args.encoding or "utf-8-sig", where="data")
     n = args.samples
     return examples.texts[:n], None if examples.texts_pair is None else examples.texts_pair[:n]
 
@@ -78,12 +79,14 @@ def cmd_diff(args) -> int:
 def cmd_probe(args) -> int:
     from keras_bert_ft.research.probe import format_probe, probe_layers
     figures = probe_layers(args.model, args.train, args.validation,
-                           representation=args.representation, text_column=args.text_column,
-                           label_column=args.label_column,
+                           representation=args.representation,
+                           text_column=args.text_column or "sentence",
+                           label_column=args.label_column or "label",
                            text_pair_column=args.text_pair_column,
                            max_train_examples=args.max_train_examples,
                            max_eval_examples=args.max_eval_examples,
-                           seq_length=args.seq_length, l2=args.l2, encoding=args.encoding,
+                           seq_length=args.seq_length, l2=args.l2,
+                           encoding=args.encoding or "utf-8-sig",
                            output=args.json)
     print(format_probe(figures))
     if args.json:

@@ -19,14 +19,9 @@ import tensorflow as tf
 
 from keras_bert_ft.data import readers
 from keras_bert_ft.errors import KbftError, bad_argument
-from keras_bert_ft.data.preprocessing import trim_to_longest
 
 FORMATS = ("csv", "tsv", "jsonl")
-TASKS = ("classification", "multilabel", "regression")
-PADDINGS = ("bucketed", "dynamic", "static")
-# Datasets up to this many tokens (examples x seq_length; ~240 MB of int32 ids) are
-# tokenised once and kept in memory; larger ones are tokenised on the fly every epoch.
-CACHE_MAX_TOKENS = 20_000_000
+from keras_bert_ft.config import PADDINGS, SENTENCE_TASKS as TASKS
 _SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
              ".ndjson": "jsonl"}
 
@@ -59,6 +54,7 @@ class Examples:
 
 
 def read_table(source, *, format: Optional[str] = None, encoding: str = "utf-8-sig",
+               where: str = "data",
                column_names: Optional[Sequence[str]] = None, split: str = "train"):
     """A pandas DataFrame from a path, a DataFrame, a dict of lists, a list of records or
     `"tfds:<name>"` (tensorflow-datasets, needs network or a local TFDS cache)."""
@@ -68,12 +64,12 @@ def read_table(source, *, format: Optional[str] = None, encoding: str = "utf-8-s
         return pd.DataFrame(source)
     if isinstance(source, (list, tuple)):
         if source and not isinstance(source[0], dict):
-            raise bad_argument("data", type(source[0]).__name__,
+            raise bad_argument(where, type(source[0]).__name__,
                                "a list of dicts (records); for plain lists use "
                                "examples_from_lists(texts, labels)")
         return pd.DataFrame(list(source))
     if not isinstance(source, (str, os.PathLike)):
-        raise bad_argument("data", type(source).__name__,
+        raise bad_argument(where, type(source).__name__,
                            "a file path, a DataFrame, a dict of lists or a list of dicts")
     source = os.fspath(source)
     named = readers.split_spec(source)
@@ -82,7 +78,7 @@ def read_table(source, *, format: Optional[str] = None, encoding: str = "utf-8-s
     if source.startswith("tfds:"):
         return _read_tfds(source[5:], split)
     if not os.path.isfile(source):
-        raise bad_argument("data", source, "an existing file (not found)")
+        raise bad_argument(where, source, "an existing file (not found)")
     format = format or _SUFFIXES.get(os.path.splitext(source)[1].lower())
     if format not in FORMATS:
         raise bad_argument("format", format, f"one of {', '.join(FORMATS)} (or a file "
@@ -107,7 +103,7 @@ def read_table(source, *, format: Optional[str] = None, encoding: str = "utf-8-s
         first = (str(err).strip().splitlines() or ["parse error"])[0][:200]
         raise KbftError(f"Could not parse {source!r} as {format}: {first}") from None
     if frame.empty:
-        raise bad_argument("data", source, "a file with at least one example (it is empty)")
+        raise bad_argument(where, source, "a file with at least one example (it is empty)")
     return frame
 
 
@@ -117,7 +113,7 @@ def load_examples(source, *, text_column: str, label_column: Optional[str] = Non
                   format: Optional[str] = None, encoding: str = "utf-8-sig",
                   column_names: Optional[Sequence[str]] = None,
                   split: str = "train", task: str = "classification",
-                  label_separator: str = ",") -> Examples:
+                  label_separator: str = ",", where: str = "data") -> Examples:
     """Reads labelled text into `Examples`.
 
     With `label_names` (from the training set) labels must be among them, so a
@@ -127,7 +123,7 @@ def load_examples(source, *, text_column: str, label_column: Optional[str] = Non
     string of label names; `task="regression"` reads numbers.
     """
     frame = read_table(source, format=format, encoding=encoding,
-                       column_names=column_names, split=split)
+                       column_names=column_names, split=split, where=where)
     name = source if isinstance(source, str) else "<data>"
     named = readers.split_spec(source)
     if named:
@@ -135,7 +131,7 @@ def load_examples(source, *, text_column: str, label_column: Optional[str] = Non
         text_pair_column = "sentence2" if readers.READERS[named[0]].pair else None
         label_column = "label" if label_column is not None else None
     if len(frame) == 0:
-        raise bad_argument("data", name, "at least one example (it is empty)")
+        raise bad_argument(where, name, "at least one example (it is empty)")
     for arg, column in (("text_column", text_column), ("text_pair_column", text_pair_column),
                         ("label_column", label_column)):
         if column is not None and column not in frame.columns:
@@ -303,86 +299,41 @@ def _read_tfds(name: str, split: str):
     return frame
 
 
+def tokenize_examples(examples: Examples, preprocessor, chunk: int = 2048):
+    """Every example's ids as arrays `[n, seq_length]`, tokenised in large batches."""
+    parts = []
+    for start in range(0, len(examples), chunk):
+        pair = examples.texts_pair[start:start + chunk] if examples.is_pair else None
+        features = preprocessor(tf.constant(examples.texts[start:start + chunk]),
+                                None if pair is None else tf.constant(pair))
+        parts.append({k: v.numpy() for k, v in features.items()})
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 def make_dataset(examples: Examples, preprocessor, *, batch_size: int,
                  shuffle: bool = False, seed: int = 0, padding: str = "dynamic",
                  drop_remainder: bool = False, with_labels: bool = True,
                  batch_rows: Optional[slice] = None) -> tf.data.Dataset:
-    """Batches of `(features, labels)`, tokenised with `preprocessor` inside tf.data.
+    """Batches of `(features, labels)` (features alone without labels), tokenised with
+    `preprocessor` once, batched by the training pipeline (data/pipeline.py).
 
     `padding="dynamic"` cuts each batch to its longest example (rounded up to 8);
     `"bucketed"` also groups examples of similar length into the same batch (shuffled
     within and across buckets), so short texts stop paying for long ones; it changes
     the order, so use it for training only. `"static"` keeps every batch at
     `preprocessor.seq_length` (TPUs need fixed shapes). `batch_rows` keeps only those
-    rows of each batch (one worker's share of a global batch); a data set too large to
-    tokenise once is then tokenised only for those rows (without length buckets).
+    rows of each batch (one worker's share of a global batch).
     """
+    from keras_bert_ft.data import pipeline
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise bad_argument("batch_size", batch_size, "an int >= 1")
     if padding not in PADDINGS:
         raise bad_argument("padding", padding, f"one of {', '.join(PADDINGS)}")
-    has_labels = with_labels and examples.labels is not None
-    pair = examples.is_pair
-
-    def encode(*batch):
-        features = preprocessor(batch[0], batch[1] if pair else None)
-        return (features, batch[-1]) if has_labels else features
-
-    def trim(*batch):
-        return (trim_to_longest(batch[0]), batch[1]) if has_labels else trim_to_longest(batch[0])
-
-    columns = [tf.constant(examples.texts, tf.string)]
-    if pair:
-        columns.append(tf.constant(examples.texts_pair, tf.string))
-    if has_labels:  # int class ids; float targets for multilabel / regression
+    labels = None
+    if with_labels and examples.labels is not None:
         integer = np.issubdtype(np.asarray(examples.labels).dtype, np.integer)
-        columns.append(tf.constant(examples.labels, tf.int32 if integer else tf.float32))
-    dataset = tf.data.Dataset.from_tensor_slices(tuple(columns))
-    cached = 0 < len(examples) and len(examples) * preprocessor.seq_length <= CACHE_MAX_TOKENS
-    if cached:  # tokenise once; every epoch reuses the ids (same order as streaming)
-        dataset = tf.data.Dataset.from_tensor_slices(_tokenize_all(dataset, encode))
-    if shuffle:
-        dataset = dataset.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
-    if padding == "bucketed":
-        if not cached:  # tokenise in large vectorised batches, then regroup by length
-            dataset = dataset.batch(256).map(encode, num_parallel_calls=tf.data.AUTOTUNE)
-            dataset = dataset.unbatch()
-        boundaries = _bucket_boundaries(preprocessor.seq_length)
-        dataset = dataset.bucket_by_sequence_length(
-            lambda *ex: tf.reduce_sum(ex[0]["input_mask"]), boundaries,
-            [batch_size] * (len(boundaries) + 1), drop_remainder=drop_remainder)
-        if shuffle:  # buckets fill at different rates; mix the batches they emit
-            dataset = dataset.shuffle(64, seed=seed)
-        dataset = dataset.map(trim, num_parallel_calls=tf.data.AUTOTUNE)
-        if batch_rows is not None:
-            dataset = dataset.map(_take_rows(batch_rows))
-    else:
-        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-        if batch_rows is not None:
-            dataset = dataset.map(_take_rows(batch_rows))
-        if not cached:
-            dataset = dataset.map(encode, num_parallel_calls=tf.data.AUTOTUNE)
-        if padding == "dynamic":
-            dataset = dataset.map(trim, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def _tokenize_all(dataset: tf.data.Dataset, encode):
-    """Every example's ids as arrays (padded to seq_length), tokenised in large batches."""
-    parts = list(dataset.batch(2048).map(encode, num_parallel_calls=tf.data.AUTOTUNE)
-                 .as_numpy_iterator())
-    return tf.nest.map_structure(lambda *xs: np.concatenate(xs), *parts)
-
-
-def _take_rows(rows: slice):
-    def take(*batch):
-        taken = tf.nest.map_structure(lambda t: t[rows], batch)
-        return taken if len(taken) > 1 else taken[0]
-    return take
-
-
-def _bucket_boundaries(seq_length: int) -> List[int]:
-    """Bucket edges: every 8 tokens up to 64, then every 32 (lengths are long-tailed)."""
-    edges = list(range(16, min(seq_length, 64) + 1, 8))
-    edges += list(range(96, seq_length + 1, 32))
-    return [e for e in edges if e < seq_length] or [seq_length]
+        labels = np.asarray(examples.labels, np.int32 if integer else np.float32)
+    return pipeline.batches(tokenize_examples(examples, preprocessor), labels,
+                            batch_size=batch_size, shuffle=shuffle, seed=seed,
+                            padding=padding, drop_remainder=drop_remainder,
+                            batch_rows=batch_rows)

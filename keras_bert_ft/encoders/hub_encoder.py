@@ -128,7 +128,7 @@ class HubEncoder(hub.KerasLayer):
                  reinit_pooler: Optional[bool] = None, reinit_seed: Optional[int] = None,
                  name: str = "encoder", **kwargs):
         if not isinstance(handle, str) or not handle:
-            raise bad_argument("handle", handle,
+            raise bad_argument("encoder", handle,
                                "a preset name, URL, local folder or gs:// path")
         self._requested_handle = handle
         resolved = presets.resolve_encoder(handle)
@@ -263,12 +263,12 @@ def check_local_handle(handle: str) -> None:
     if is_remote(handle):
         return
     if not os.path.isdir(handle):
-        raise bad_argument("handle", handle,
+        raise bad_argument("encoder", handle,
                            "a preset name, a URL, or an existing local folder holding a "
                            "SavedModel (this path does not exist)")
     if not (os.path.exists(os.path.join(handle, "saved_model.pb"))
             or os.path.exists(os.path.join(handle, "saved_model.pbtxt"))):
-        raise bad_argument("handle", handle,
+        raise bad_argument("encoder", handle,
                            "a folder holding a SavedModel (no saved_model.pb in it)")
 
 

@@ -55,7 +55,7 @@ class NativeEncoder(keras.layers.Layer):
                  reinit_seed: Optional[int] = None, frozen_inference: bool = True,
                  name: str = "encoder", load_options=None, **kwargs):
         if not isinstance(handle, str) or not handle:
-            raise bad_argument("handle", handle,
+            raise bad_argument("encoder", handle,
                                "a preset name, URL, local folder or gs:// path")
         super().__init__(name=name, **kwargs)
         self._requested_handle = handle

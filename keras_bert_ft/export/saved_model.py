@@ -1,10 +1,12 @@
-"""export_saved_model: a SavedModel that serves raw strings, written atomically and checked.
+"""The raw-string SavedModel: written atomically with its metadata, loaded back, run.
 
-The export carries the preprocessor (keras-hub's leave it out: keras-hub #784) and the
-label names. Loading it needs `import tensorflow_text` first (its ops are not core
-TensorFlow: tensorflow/hub #705); `load_export` does that and says so when it can't.
+The export carries the preprocessor (keras-hub's leave it out: keras-hub #784), the
+task's description (label names, ...) and the run's config in `kbft_export.json`.
+Loading it needs `import tensorflow_text` first (its ops are not core TensorFlow:
+tensorflow/hub #705); `load_export` does that and says so when it can't.
 """
 
+import glob
 import json
 import os
 import shutil
@@ -14,121 +16,56 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from keras_bert_ft.data.examples import TASKS
 from keras_bert_ft.errors import KbftError, bad_argument
-from keras_bert_ft.data.preprocessing import trim_to_longest
+from keras_bert_ft.export.serving import concat_batches, run_batches
 
 METADATA_FILE = "kbft_export.json"
+_TMP = ".tmp-"  # our temporary folders: .<name>.tmp-<hex> beside the target
 
 
-class ServingModule(tf.Module):
-    """Raw strings -> task outputs, through preprocessor and model.
-
-    `classification`: `probabilities` (softmax), `label_id`, `label`.
-    `multilabel`: `probabilities` (a sigmoid per label), `predictions` (0/1 per label, at
-    the label's threshold) and `labels` (the names above their thresholds, joined by
-    `label_separator`). `regression`: `score`.
-    """
-
-    def __init__(self, model, preprocessor, label_names: Sequence[str],
-                 task: str = "classification", thresholds: Optional[Sequence[float]] = None,
-                 label_separator: str = ","):
-        super().__init__(name="kbft_serving")
-        if task not in TASKS:
-            raise bad_argument("task", task, f"one of {', '.join(TASKS)}")
-        self.model = model
-        self.preprocessor = preprocessor
-        self.task = task
-        self.label_names = tf.constant(list(label_names), tf.string)
-        self.label_separator = label_separator
-        if task == "multilabel":
-            thresholds = [0.5] * len(label_names) if thresholds is None else list(thresholds)
-            self.thresholds = tf.constant(thresholds, tf.float32)
-
-    def predict_features(self, features) -> Dict[str, tf.Tensor]:
-        logits = tf.cast(self.model(features, training=False), tf.float32)
-        if self.task == "regression":
-            return {"score": logits[:, 0]}
-        if self.task == "multilabel":
-            probabilities = tf.sigmoid(logits)
-            predicted = probabilities >= self.thresholds
-            names = tf.ragged.boolean_mask(
-                tf.broadcast_to(self.label_names, tf.shape(predicted)), predicted)
-            return {"probabilities": probabilities,
-                    "predictions": tf.cast(predicted, tf.int32),
-                    "labels": tf.strings.reduce_join(names, axis=-1,
-                                                     separator=self.label_separator)}
-        probabilities = tf.nn.softmax(logits, axis=-1)
-        label_id = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-        return {"probabilities": probabilities, "label_id": label_id,
-                "label": tf.gather(self.label_names, label_id)}
-
-    def serve(self, text, text_pair=None):
-        features = trim_to_longest(self.preprocessor(text, text_pair))
-        return self.predict_features(features)
-
-
-def export_saved_model(model, preprocessor, export_dir: str, label_names: Sequence[str], *,
-                       pair: bool = False, metadata: Optional[dict] = None,
-                       task: str = "classification",
-                       thresholds: Optional[Sequence[float]] = None,
-                       label_separator: str = ",") -> str:
-    """Writes a SavedModel whose `serving_default` takes a batch of raw strings.
-
-    Signature inputs: `text` (and `text_pair` when `pair=True`), `tf.string [batch]`.
-    Outputs by `task`: classification `probabilities` `[batch, classes]`, `label` (the
-    label name) and `label_id`; multilabel `probabilities` `[batch, labels]`,
-    `predictions` (0/1 at each label's threshold) and `labels` (names above threshold,
-    joined by `label_separator`); regression `score` `[batch]`. Label names, task and
-    thresholds also go to `kbft_export.json`. The SavedModel is written to a temporary
-    folder beside `export_dir` and renamed into place, so a crash never leaves a
-    half-written export behind.
-    """
+def write_export(serving, export_dir: str, metadata: Optional[dict] = None,
+                 name: str = "export_dir") -> str:
+    """Writes `serving.serve_fn` as `serving_default` with the task's metadata in
+    `kbft_export.json`. The SavedModel is written to a temporary folder beside
+    `export_dir` and renamed into place, so a crash never leaves a half-written export
+    behind; an existing export is replaced only then, and a folder that is not an
+    export is refused."""
     if not isinstance(export_dir, str) or not export_dir:
-        raise bad_argument("export_dir", export_dir, "a folder path")
-    label_names = [str(n) for n in label_names]
-    num_classes = int(model.output_shape[-1])
-    if len(label_names) != num_classes:
-        raise bad_argument("label_names", label_names,
-                           f"{num_classes} names, one per model output")
-    if thresholds is not None:
-        thresholds = [float(t) for t in thresholds]
-        if task != "multilabel" or len(thresholds) != num_classes:
-            raise bad_argument("thresholds", thresholds,
-                               f"one per label ({num_classes}), for task='multilabel' only")
-    module = ServingModule(model, preprocessor, label_names, task=task,
-                           thresholds=thresholds, label_separator=label_separator)
-    spec = tf.TensorSpec([None], tf.string)
-    if pair:
-        serve = tf.function(lambda text, text_pair: module.serve(text, text_pair),
-                            input_signature=[spec, spec])
-    else:
-        serve = tf.function(lambda text: module.serve(text), input_signature=[spec])
-    module.serve_fn = serve
-    info = {"label_names": label_names, "pair": bool(pair), "task": task,
-            "seq_length": int(preprocessor.seq_length), **(metadata or {})}
-    if task == "multilabel":
-        info.update(thresholds=[float(t) for t in module.thresholds.numpy()],
-                    label_separator=label_separator)
-    _atomic_write(export_dir, lambda tmp: _save(module, serve, tmp, info))
+        raise bad_argument(name, export_dir, "a folder path")
+    if "://" not in export_dir and os.path.exists(export_dir):
+        if not os.path.isdir(export_dir):
+            raise bad_argument(name, export_dir, "a folder path (it is a file)")
+        if os.listdir(export_dir) and not os.path.isfile(os.path.join(export_dir, METADATA_FILE)):
+            raise bad_argument(name, export_dir, "a new or empty folder, or an earlier "
+                               "keras_bert_ft export to replace (it holds other files)")
+    info = {**serving.info, "inputs": list(serving.input_names), **(metadata or {})}
+    atomic_write(export_dir, lambda tmp: _save(serving, tmp, info), name=name)
     return export_dir
 
 
-def _save(module, serve, path: str, info: dict) -> None:
-    tf.saved_model.save(module, path, signatures={"serving_default": serve})
+def _save(serving, path: str, info: dict) -> None:
+    tf.saved_model.save(serving, path, signatures={"serving_default": serving.serve_fn})
     with tf.io.gfile.GFile(os.path.join(path, METADATA_FILE), "w") as f:
         json.dump(info, f, indent=2)
 
 
-def _atomic_write(target: str, write) -> None:
-    """`write(tmp)` into a sibling temp folder, then swap it in for `target`."""
-    target = os.path.abspath(target) if "://" not in target else target
+def atomic_write(target: str, write, name: str = "export_dir") -> None:
+    """`write(tmp)` into a sibling temp folder, then swap it in for `target`. Temp
+    folders that killed runs left beside `target` are removed first."""
     if "://" in target:  # object stores have no rename; write in place
         write(target)
         return
+    target = os.path.abspath(target)
     parent = os.path.dirname(target)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(target)}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as err:
+        raise bad_argument(name, target, f"a folder path this user can write ({err.strerror})") from None
+    for stale in glob.glob(os.path.join(parent, f".{glob.escape(os.path.basename(target))}{_TMP}*")):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = os.path.join(parent, f".{os.path.basename(target)}{_TMP}{uuid.uuid4().hex[:8]}")
+    if not os.access(parent, os.W_OK):
+        raise bad_argument(name, target, "a folder path this user can write (permission denied)")
     try:
         write(tmp)
         if os.path.exists(target):
@@ -147,40 +84,90 @@ def _atomic_write(target: str, write) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_export(export_dir: str):
+def export_saved_model(model, preprocessor, export_dir: str, label_names: Sequence[str], *,
+                       pair: bool = False, metadata: Optional[dict] = None,
+                       task: str = "classification",
+                       thresholds: Optional[Sequence[float]] = None,
+                       label_separator: str = ",") -> str:
+    """Writes a sentence model (classifier, multilabel, regressor) as a SavedModel whose
+    `serving_default` takes a batch of raw strings.
+
+    Signature inputs: `text` (and `text_pair` when `pair=True`), `tf.string [batch]`.
+    Outputs by `task`: classification `probabilities` `[batch, classes]`, `label` (the
+    label name) and `label_id`; multilabel `probabilities` `[batch, labels]`,
+    `predictions` (0/1 at each label's threshold) and `labels` (names above threshold,
+    joined by `label_separator`); regression `score` `[batch]`.
+    """
+    from keras_bert_ft.tasks.sentence import SentenceServing, check_task
+    check_task(task)
+    label_names = [str(n) for n in label_names]
+    num_classes = int(model.output_shape[-1])
+    if len(label_names) != num_classes:
+        raise bad_argument("label_names", label_names,
+                           f"{num_classes} names, one per model output")
+    info = {"label_names": label_names, "pair": bool(pair)}
+    if thresholds is not None:
+        thresholds = [float(t) for t in thresholds]
+        if task != "multilabel" or len(thresholds) != num_classes:
+            raise bad_argument("thresholds", thresholds,
+                               f"one per label ({num_classes}), for task='multilabel' only")
+    if task == "multilabel":
+        info.update(thresholds=thresholds or [0.5] * num_classes,
+                    label_separator=label_separator)
+    serving = SentenceServing(model, preprocessor, info, task=task)
+    return write_export(serving, export_dir, metadata)
+
+
+def load_export(export_dir: str, name: str = "export_dir"):
     """Loads an export (importing tensorflow_text first, which its ops need)."""
     try:
         import tensorflow_text  # noqa: F401  (registers the ops the export uses)
     except ImportError:
         raise ImportError("Loading a keras_bert_ft export needs tensorflow-text: "
                           "pip install tensorflow-text (same version as tensorflow)") from None
-    if not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):
-        raise bad_argument("export_dir", export_dir, "a folder holding a keras_bert_ft export")
-    return tf.saved_model.load(export_dir)
+    if not isinstance(export_dir, str) or not tf.io.gfile.exists(
+            os.path.join(export_dir, "saved_model.pb")):
+        raise bad_argument(name, export_dir, "a folder holding a keras_bert_ft export")
+    try:
+        return tf.saved_model.load(export_dir)
+    except Exception as err:  # a damaged SavedModel fails in many TensorFlow ways
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise KbftError(f"{name} {export_dir!r} could not be loaded as a SavedModel "
+                        f"(damaged or incomplete?): {first}") from None
 
 
-def read_metadata(export_dir: str) -> dict:
-    path = os.path.join(export_dir, METADATA_FILE)
-    if not tf.io.gfile.exists(path):
-        raise bad_argument("export_dir", export_dir,
-                           f"a keras_bert_ft export (no {METADATA_FILE} in it)")
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
+def read_metadata(export_dir: str, name: str = "export_dir") -> dict:
+    path = os.path.join(export_dir, METADATA_FILE) if isinstance(export_dir, str) else ""
+    if not path or not tf.io.gfile.exists(path):
+        raise bad_argument(name, export_dir, f"a keras_bert_ft export (no {METADATA_FILE} in it)")
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            meta = json.load(f)
+    except json.JSONDecodeError as err:
+        raise KbftError(f"{path} is not valid JSON ({err}). Received: {name}={export_dir!r}") from None
+    if not isinstance(meta, dict) or "task" not in meta:
+        raise bad_argument(name, export_dir, f"a keras_bert_ft export ({METADATA_FILE} names no task)")
+    meta.setdefault("inputs", ["text", "text_pair"] if meta.get("pair") else ["text"])
+    return meta
+
+
+def run_export(loaded, meta: dict, *columns, batch_size: int = 64):
+    """An export's `serving_default` over Python string lists: outputs per batch."""
+    serve = loaded.signatures["serving_default"]
+    names = meta["inputs"]
+    if len(columns) != len(names):
+        raise bad_argument("inputs", len(columns), f"{len(names)} lists ({', '.join(names)})")
+    return run_batches(lambda *b: serve(**dict(zip(names, b))), columns, batch_size)
 
 
 def predict_export(loaded, texts, texts_pair=None, batch_size: int = 64) -> Dict[str, np.ndarray]:
-    """Runs an export's `serving_default` over Python strings in batches."""
+    """Runs a sentence export's `serving_default` over Python strings in batches."""
     serve = loaded.signatures["serving_default"]
-    outputs: Dict[str, list] = {}
-    for start in range(0, len(texts), batch_size):
-        kwargs = {"text": tf.constant(list(texts[start:start + batch_size]))}
-        if texts_pair is not None:
-            kwargs["text_pair"] = tf.constant(list(texts_pair[start:start + batch_size]))
-        try:
-            result = serve(**kwargs)
-        except TypeError as err:
-            raise KbftError(f"This export takes {'one text' if texts_pair is not None else 'text pairs'}: "
-                            f"{str(err).splitlines()[0][:150]}") from None
-        for key, value in result.items():
-            outputs.setdefault(key, []).append(value.numpy())
-    return {k: np.concatenate(v) for k, v in outputs.items()}
+    names = sorted(serve.structured_input_signature[1])
+    if ("text_pair" in names) != (texts_pair is not None):
+        raise KbftError(f"This export takes {'text pairs' if 'text_pair' in names else 'one text'}"
+                        f" per example. Received: texts_pair="
+                        f"{'<given>' if texts_pair is not None else None}")
+    meta = {"inputs": ["text", "text_pair"] if texts_pair is not None else ["text"]}
+    columns = [texts] if texts_pair is None else [texts, texts_pair]
+    return concat_batches(run_export(loaded, meta, *columns, batch_size=batch_size))

@@ -14,7 +14,7 @@ import numpy as np
 
 from keras_bert_ft.errors import KbftError
 from keras_bert_ft.research.representations import (LinearCKA, encode_texts, layer_features,
-                                           load_encoder)
+                                                    load_pair)
 
 
 def relative_changes(groups_a, groups_b) -> dict:
@@ -70,8 +70,7 @@ def diff_models(model_a: str, model_b: str, texts: List[str], *, texts_pair=None
         >>> figures = diff_models("minilm-l6", "runs/sst2", sentences[:500])
         >>> print(format_diff(figures))
     """
-    a = load_encoder(model_a, seq_length=seq_length)
-    b = load_encoder(model_b, seq_length=seq_length)
+    a, b = load_pair(model_a, model_b, seq_length=seq_length)
     features = encode_texts(a.preprocessor, texts, texts_pair)
     changes = relative_changes(a.encoder.layer_groups(), b.encoder.layer_groups())
     ckas = layer_cka(a.encoder, b.encoder, features, representation=representation,

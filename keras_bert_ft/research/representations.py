@@ -9,7 +9,6 @@ per-layer outputs every TF-Hub BERT encoder built by the Model Garden exposes
 """
 
 import dataclasses
-import json
 import os
 from typing import Iterator, List, Optional
 
@@ -31,61 +30,41 @@ class LoadedEncoder:
     handle: str
 
 
-def load_encoder(source: str, *, seq_length: int = 128) -> LoadedEncoder:
-    """A `HubEncoder` with the weights of `source` (pretrained handle, run folder, export)."""
-    from keras_bert_ft.encoders.hub_encoder import HubEncoder
-    from keras_bert_ft.training.runner import FineTuneConfig, default_preprocessor
+def load_encoder(source: str, *, seq_length: int = 128, like=None,
+                 name: str = "model") -> LoadedEncoder:
+    """An encoder with the weights of `source`: a pretrained handle, or a run folder or an
+    export read back by `export.restore` (every variable restored, or an error). A
+    pretrained encoder is built like `like` (native or TF-Hub graph) when given, so two
+    encoders compare variable by variable."""
+    from keras_bert_ft.config import FineTuneConfig
+    from keras_bert_ft.encoders.native import NativeEncoder, make_encoder
+    from keras_bert_ft.export.restore import is_restorable, restore
+    from keras_bert_ft.export.saved_model import METADATA_FILE
+    from keras_bert_ft.training.build import build_preprocessor
     if not isinstance(source, str) or not source:
-        raise bad_argument("model", source, "a preset, encoder folder, run folder or export")
-    if os.path.isfile(os.path.join(source, "run_config.json")):
-        kind, config, encoder = "run", *_encoder_from_run(source)
-    elif os.path.isfile(os.path.join(source, "kbft_export.json")):
-        kind, config, encoder = "export", *_encoder_from_export(source)
+        raise bad_argument(name, source, "a preset, encoder folder, run folder or export")
+    if is_restorable(source):
+        result = restore(source, name=name)
+        kind = "export" if os.path.isfile(os.path.join(source, METADATA_FILE)) else "run"
+        config, encoder = result.config, result.model.encoder
     else:
-        kind, config = "pretrained", FineTuneConfig(encoder=source)
-        encoder = HubEncoder(source)
+        impl = "auto" if like is None else ("native" if isinstance(like, NativeEncoder) else "hub")
+        kind, config = "pretrained", FineTuneConfig(encoder=source, encoder_impl=impl)
+        encoder = make_encoder(source, impl)
     config = dataclasses.replace(config, seq_length=seq_length)
-    return LoadedEncoder(encoder=encoder, preprocessor=default_preprocessor(encoder, config),
+    return LoadedEncoder(encoder=encoder, preprocessor=build_preprocessor(encoder, config),
                          kind=kind, source=source, handle=config.encoder)
 
 
-def _encoder_from_run(run_dir: str):
-    from keras_bert_ft.encoders.hub_encoder import HubEncoder
-    from keras_bert_ft.tasks.models import build_classifier
-    from keras_bert_ft.training.runner import FineTuneConfig, _latest_weights, resolve_pooling
-    with open(os.path.join(run_dir, "run_config.json")) as f:
-        saved = json.load(f)
-    fields = {f.name for f in dataclasses.fields(FineTuneConfig)}
-    config = FineTuneConfig(**{k: v for k, v in saved.items() if k in fields})
-    folder = os.path.join(run_dir, "checkpoints")
-    checkpoint = tf.train.latest_checkpoint(folder) or _latest_weights(folder)
-    if checkpoint is None:
-        raise bad_argument("model", run_dir, "a run folder with checkpoints/ (none found)")
-    encoder = HubEncoder(config.encoder)
-    model = build_classifier(encoder, len(saved["label_names"]),
-                             head_units=tuple(config.head_units), dropout=config.dropout,
-                             pooling=resolve_pooling(config))
-    model.load_weights(checkpoint).expect_partial()
-    return config, encoder
-
-
-def _encoder_from_export(export_dir: str):
-    from keras_bert_ft.encoders.hub_encoder import HubEncoder
-    from keras_bert_ft.export.saved_model import load_export, read_metadata
-    from keras_bert_ft.training.runner import FineTuneConfig
-    meta = read_metadata(export_dir)
-    if not meta.get("encoder"):
-        raise bad_argument("model", export_dir, "an export whose metadata names its encoder")
-    encoder = HubEncoder(meta["encoder"])
-    loaded = load_export(export_dir)
-    values = {v.name: v for v in getattr(loaded, "model", loaded).variables}
-    missing = [v.name for v in encoder.weights if v.name not in values]
-    if missing:
-        raise KbftError(f"Export {export_dir!r} lacks encoder variables of "
-                        f"{meta['encoder']!r}, e.g. {missing[0]!r}.")
-    for variable in encoder.weights:
-        variable.assign(values[variable.name])
-    return FineTuneConfig(encoder=meta["encoder"]), encoder
+def load_pair(source_a: str, source_b: str, *, seq_length: int = 128):
+    """Two encoders to compare: a run or export is read first, so a pretrained one is
+    built the way it was."""
+    from keras_bert_ft.export.restore import is_restorable
+    if is_restorable(source_b) and not is_restorable(source_a):
+        b = load_encoder(source_b, seq_length=seq_length, name="model_b")
+        return load_encoder(source_a, seq_length=seq_length, like=b.encoder, name="model_a"), b
+    a = load_encoder(source_a, seq_length=seq_length, name="model_a")
+    return a, load_encoder(source_b, seq_length=seq_length, like=a.encoder, name="model_b")
 
 
 def encode_texts(preprocessor, texts: List[str], texts_pair=None):

@@ -107,21 +107,24 @@ def run_seeds(train, validation, config=None, *, seeds: Union[int, Sequence[int]
         >>> res = run_seeds("train.tsv", "dev.tsv", seeds=5, metric="mcc", epochs=1)
         >>> res.summary["mcc"]["mean"], res.summary["mcc"]["std"], res.best.export("out")
     """
-    from keras_bert_ft.training import runner as training
+    from keras_bert_ft.config import make_config
+    from keras_bert_ft.tasks import get_task
+    from keras_bert_ft.tasks.base import read_data
+    from keras_bert_ft.training.runner import fine_tune
     if validation is None:
         raise bad_argument("validation", None, "validation data: seeds are compared on it")
-    config = dataclasses.replace(config or training.FineTuneConfig(), **overrides).validate()
+    config = make_config(config, **overrides)
+    if config.task != "classification":
+        raise bad_argument("task", config.task, "classification for several seeds compared "
+                           "on one metric (qa: kbft train --seeds N ensembles the runs)")
     seed_list = resolve_seeds(seeds, config.seed)
-    train_ex = training._as_examples(train, config)
-    if config.max_train_examples:
-        train_ex = train_ex.take(config.max_train_examples)
-    val_ex = training._as_examples(validation, config, train_ex.label_names)
+    train_ex, _, val_ex = read_data(get_task(config.task), train, validation, config)
     prior = prior_loss(train_ex.labels, len(train_ex.label_names))
     runs, best, best_value = [], None, -math.inf
     for seed in seed_list:
         losses = BatchLosses()
-        result = training.fine_tune(train_ex, val_ex, config, seed=seed, output_dir=None,
-                                    callbacks=[losses, *callbacks])
+        result = fine_tune(train_ex, val_ex, config, seed=seed, output_dir=None,
+                           callbacks=[losses, *callbacks])
         if metric not in result.metrics:
             raise bad_argument("metric", metric, f"one of {', '.join(sorted(result.metrics))}")
         flags = degenerate_flags(losses.losses, prior, result.metrics.get("predicted_classes"))
@@ -165,7 +168,7 @@ def format_summary(res: SeedsResult) -> str:
 def save_seeds(res: SeedsResult, output_dir: str) -> dict:
     """Writes `seeds.json`, and the best run as a normal run folder (export, metrics,
     history, run config, its weights under `checkpoints/ckpt-best`)."""
-    from keras_bert_ft.training.runner import save_run
+    from keras_bert_ft.training.run_folder import save_run
     paths = save_run(res.best, output_dir)
     res.best.model.save_weights(os.path.join(output_dir, "checkpoints", "ckpt-best"))
     paths["seeds"] = os.path.join(output_dir, "seeds.json")

@@ -111,12 +111,14 @@ def sweep_layers(train, validation, config=None, *, layers: Optional[Sequence[in
 
     Returns the figures (also written as JSON).
     """
-    from keras_bert_ft.training import runner as training
+    from keras_bert_ft.config import make_config
+    from keras_bert_ft.tasks import get_task
+    from keras_bert_ft.tasks.base import read_data
     from keras_bert_ft.tasks.heads import POOLINGS
+    from keras_bert_ft.training.build import resolve_pooling
     if validation is None:
         raise bad_argument("validation", None, "validation data: runs are compared on it")
-    config = dataclasses.replace(config or training.FineTuneConfig(), output_dir=None,
-                                 **overrides).validate()
+    config = make_config(config, **dict(overrides, output_dir=None))
     num_layers = _num_layers(config.encoder)
     layers = list(range(num_layers + 1)) if layers is None else list(layers)
     bad = [k for k in layers if isinstance(k, bool) or not isinstance(k, int)
@@ -126,12 +128,7 @@ def sweep_layers(train, validation, config=None, *, layers: Optional[Sequence[in
     bad = [p for p in poolings if p not in POOLINGS]
     if bad:
         raise bad_argument("poolings", list(poolings), f"names from {', '.join(POOLINGS)}")
-    train_ex = training._as_examples(train, config)
-    if config.max_train_examples:
-        train_ex = train_ex.take(config.max_train_examples)
-    val_ex = training._as_examples(validation, config, train_ex.label_names)
-    if config.max_eval_examples:
-        val_ex = val_ex.take(config.max_eval_examples)
+    train_ex, _, val_ex = read_data(get_task(config.task), train, validation, config)
     figures = {"encoder": config.encoder, "num_layers": num_layers, "metric": metric,
                "train_examples": len(train_ex), "eval_examples": len(val_ex),
                "majority_baseline": majority_baseline(train_ex.labels, val_ex.labels),
@@ -145,7 +142,7 @@ def sweep_layers(train, validation, config=None, *, layers: Optional[Sequence[in
         figures_ = _run(cfg, train_ex, val_ex, metric, isolate)
         entry = {"name": name, "k": changes.get("trainable_layers"),
                  "train_embeddings": cfg.train_embeddings, "head_units": list(cfg.head_units),
-                 "pooling": training.resolve_pooling(cfg), **figures_}
+                 "pooling": resolve_pooling(cfg), **figures_}
         print(f"{name}: {metric} {entry['quality']:.4f}, {entry['examples_per_second']} "
               f"examples/s, {entry['cpu_ms_per_example']} CPU ms/example", flush=True)
         return entry
@@ -163,7 +160,7 @@ def sweep_layers(train, validation, config=None, *, layers: Optional[Sequence[in
             run(f"top{k}-head{d}x{head_width}-{p}", trainable_layers=k, train_embeddings=False,
                 head_units=(head_width,) * d, pooling=p)
             for d in (head_depths or [len(config.head_units)])
-            for p in (poolings or [training.resolve_pooling(config)])]}
+            for p in (poolings or [resolve_pooling(config)])]}
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)
         figures["json"] = os.path.join(output_dir, "sweep_layers.json")

@@ -24,7 +24,8 @@ from keras_bert_ft.tasks import heads
 from keras_bert_ft.errors import KbftError, bad_argument
 from keras_bert_ft.tasks.models import FineTuneModel, encoder_inputs
 from keras_bert_ft.data.preprocessing import trim_to_longest
-from keras_bert_ft.tasks import common
+from keras_bert_ft.export.serving import TaskServing
+from keras_bert_ft.tasks import base
 from keras_bert_ft.tasks.metrics import squad_metrics
 
 _NEG = -1e9  # logit of a position that cannot start or end an answer
@@ -41,17 +42,17 @@ class QAExample:
     title: str = ""
 
 
-def read_squad(path: str) -> List[dict]:
+def read_squad(path: str, where: str = "data") -> List[dict]:
     """The articles (`data`) of a SQuAD v1.1 JSON file."""
     if not os.path.isfile(path):
-        raise bad_argument("data", path, "an existing SQuAD JSON file (not found)")
+        raise bad_argument(where, path, "an existing SQuAD JSON file (not found)")
     with open(path, encoding="utf-8") as f:
         try:
             payload = json.load(f)
         except json.JSONDecodeError as err:
             raise KbftError(f"Could not parse {path!r} as JSON: {err}") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
-        raise bad_argument("data", path, 'a SQuAD JSON file ({"data": [articles]})')
+        raise bad_argument(where, path, 'a SQuAD JSON file ({"data": [articles]})')
     return payload["data"]
 
 
@@ -80,12 +81,12 @@ def split_articles(source, train_articles: int = 38) -> Tuple[List[QAExample], L
     return squad_examples(articles[:train_articles]), squad_examples(articles[train_articles:])
 
 
-def load_squad(source) -> List[QAExample]:
+def load_squad(source, where: str = "data") -> List[QAExample]:
     """`QAExample`s from a SQuAD JSON path, a list of SQuAD articles, a list of
     `QAExample`, or records `{"question", "context", "answers", "answer_starts"}`."""
     if isinstance(source, (str, os.PathLike)):
-        return squad_examples(read_squad(os.fspath(source)))
-    rows = common.as_list(source, "data")
+        return squad_examples(read_squad(os.fspath(source), where))
+    rows = base.as_list(source, where)
     if all(isinstance(r, QAExample) for r in rows):
         return rows
     if all(isinstance(r, dict) and "paragraphs" in r for r in rows):
@@ -94,7 +95,7 @@ def load_squad(source) -> List[QAExample]:
         return [QAExample(r["question"], r["context"], list(r.get("answers", [])),
                           [int(s) for s in r.get("answer_starts", [])], str(r.get("qid", i)))
                 for i, r in enumerate(rows)]
-    raise bad_argument("data", type(rows[0]).__name__, "a SQuAD JSON path, SQuAD articles, "
+    raise bad_argument(where, type(rows[0]).__name__, "a SQuAD JSON path, SQuAD articles, "
                        "QAExample objects or {question, context, answers, answer_starts} records")
 
 
@@ -245,32 +246,24 @@ class SpanLogits(keras.layers.Layer):
         return logits + (1.0 - tf.cast(mask, tf.float32))[:, None, :] * -1e4
 
 
-def _span_model_and_preprocessor(config: common.TaskConfig, strategy):
-    """The untrained span model of `config` and its offsets preprocessor (fine_tune_qa
-    and restore_qa build the same model this way)."""
-    encoder = common.build_encoder(config, strategy)
-    with common.model_scope(config, strategy):
-        model = build_span_model(encoder)
-    return model, common.task_preprocessor(encoder, config)
-
-
-def build_span_model(encoder) -> FineTuneModel:
-    """Encoder -> `sequence_output` -> Dense(2): start and end logits `[batch, 2, seq]`."""
+def build_span_model(encoder, dropout: float = 0.1, head_units=()) -> FineTuneModel:
+    """Encoder -> `sequence_output` -> Dropout (+ Dense blocks) -> Dense(2): start and end
+    logits `[batch, 2, seq]`."""
     inputs = encoder_inputs()
-    sequence = encoder(inputs)["sequence_output"]
+    sequence = heads.dense_blocks(encoder(inputs)["sequence_output"], tuple(head_units), dropout)
     logits = heads.logits_layer(2, name="span_logits")(sequence)
     return FineTuneModel(inputs=inputs, outputs=SpanLogits(name="span")(logits, inputs["input_mask"]),
                          name="span_qa")
 
 
-class QAServing(common.TaskServing):
+class QAServing(TaskServing):
     """`serving_default(question, context)` -> `answer` text, its `score` (start + end
     logit, `-inf` when no span fits) and `answer_start` (characters, -1 when none)."""
 
     task = "qa"
     input_names = ("question", "context")
 
-    def __init__(self, model, preprocessor, config: common.TaskConfig):
+    def __init__(self, model, preprocessor, config):
         self.options = dict(doc_stride=config.doc_stride,
                             max_query_length=config.max_query_length)
         self.decoding = dict(n_best_size=config.n_best_size,
@@ -318,7 +311,7 @@ def answer_bytes(example: QAExample) -> Optional[Tuple[int, int]]:
     return begin, begin + len(text.encode("utf-8"))
 
 
-def featurize(preprocessor, examples: Sequence[QAExample], config: common.TaskConfig,
+def featurize(preprocessor, examples: Sequence[QAExample], config,
               batch_size: int = 64):
     """Windows with start/end labels: positions of the answer's first and last pieces
     in windows that hold the whole answer, else [CLS] (0, 0). Returns padded features,
@@ -353,23 +346,12 @@ def featurize(preprocessor, examples: Sequence[QAExample], config: common.TaskCo
                 if first.size and last.size:
                     y[w] = first[0], last[0]
         skipped += sum(t is None for t in targets)
-        padded = common.pad_features(windows["features"], config.seq_length)
+        padded = base.pad_features(windows["features"], config.seq_length)
         features.append({k: v[keep] for k, v in padded.items()})
         labels.append(y[keep])
     if not labels:
-        raise KbftError("No training question has its answer text at its answer_start.")
-    stacked = {k: np.concatenate([f[k] for f in features]) for k in features[0]}
-    return stacked, np.concatenate(labels), skipped
-
-
-@dataclasses.dataclass
-class QAResult(common.TaskResult):
-    def predict(self, questions: Sequence[str], contexts: Sequence[str],
-                batch_size: int = 32) -> List[dict]:
-        """`[{"answer", "score", "answer_start"}]` per question, as the export returns them."""
-        columns = common.as_list(questions, "questions"), common.as_list(contexts, "contexts")
-        return [row for batch in self.serving.run(*columns, batch_size=batch_size)
-                for row in decode(batch)]
+        return None, None, skipped
+    return base.stack(features), np.concatenate(labels), skipped
 
 
 def evaluate(serving: QAServing, examples: Sequence[QAExample], batch_size: int = 32) -> dict:
@@ -383,50 +365,60 @@ def evaluate(serving: QAServing, examples: Sequence[QAExample], batch_size: int 
     return metrics
 
 
-def fine_tune_qa(train, validation=None, config: Optional[common.TaskConfig] = None, *,
-                 callbacks: Sequence[keras.callbacks.Callback] = (), strategy=None,
-                 **overrides) -> QAResult:
-    """Fine-tunes an encoder for extractive QA: start/end logits over the sequence.
+class QATask(base.Task):
+    """Extractive QA: a SQuAD v1.1 JSON path, SQuAD articles, `QAExample`s or records (see
+    `load_squad`). Training uses each question's first answer; validation scores against
+    all of them (SQuAD EM / F1). `cloze` adds cloze questions from the training contexts."""
 
-    Args:
-        train, validation: a SQuAD v1.1 JSON path, SQuAD articles, `QAExample`s or
-            records (see `load_squad`). Training uses each question's first answer;
-            validation scores against all of them.
-        config: a `TaskConfig` (`seq_length`, `doc_stride`, `max_query_length`,
-            `max_answer_length`, `n_best_size`, `cloze`: cloze questions from the
-            training contexts, see `cloze_questions`); keyword `overrides` replace its
-            fields.
+    name = "qa"
+    needs_vocab = True
+    primary_metric = "f1"
 
-    Example:
-        >>> train, held_out = split_articles("xquad.en.json", 38)
-        >>> result = fine_tune_qa(train, held_out, seq_length=384, epochs=2)
-        >>> result.metrics["f1"], result.predict(["Who?"], ["Ada wrote it."])
-    """
-    config, strategy = common.resolve(config, overrides, strategy)
-    if config.max_query_length > config.seq_length - 4:
-        raise bad_argument("max_query_length", config.max_query_length,
-                           f"<= seq_length - 4 = {config.seq_length - 4}, leaving room "
-                           "for context")
-    train_ex = load_squad(train)[:config.max_train_examples or None]
-    real_questions = len(train_ex)
-    if config.cloze:
-        train_ex = train_ex + cloze_questions(train_ex, config.cloze, seed=config.seed,
-                                              per_sentence=config.cloze_per_sentence)
-    val_ex = None
-    if validation is not None:
-        val_ex = load_squad(validation)[:config.max_eval_examples or None]
-    model, preprocessor = _span_model_and_preprocessor(config, strategy)
-    features, labels, skipped = featurize(preprocessor, train_ex, config)
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    common.compile_model(model, config, strategy, loss, len(labels))
-    dataset = common.arrays_dataset(features, labels, config, strategy)
-    history, speed = common.fit(model, dataset, config, len(labels), callbacks)
-    serving = QAServing(model, preprocessor, config)
-    metrics = evaluate(serving, val_ex) if val_ex is not None else {}
-    metrics.update(train_examples=real_questions, cloze_questions=len(train_ex) - real_questions,
-                   train_windows=int(len(labels)),
-                   train_skipped=skipped, train_examples_per_second=speed)
-    return QAResult("qa", model, serving, config, history, metrics, strategy)
+    def read(self, source, config, info=None, where=None):
+        return load_squad(source, where=where or ("train" if info is None else "validation"))
+
+    def augment(self, train, config):
+        if not config.cloze:
+            return train
+        return train + cloze_questions(train, config.cloze, seed=config.seed,
+                                       per_sentence=config.cloze_per_sentence)
+
+    def featurize(self, data, preprocessor, config, info):
+        features, labels, skipped = featurize(preprocessor, data, config)
+        if features is None:
+            return None
+        cloze = sum(ex.qid.startswith("cloze-") for ex in data)
+        return base.Features(features, labels, {
+            "train_examples": len(data) - cloze, "cloze_questions": cloze,
+            "train_windows": int(len(labels)), "train_skipped": skipped})
+
+    def build_model(self, encoder, config, info):
+        return build_span_model(encoder, config.dropout, config.head_units)
+
+    def loss(self, info):
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def serving(self, model, preprocessor, config, info):
+        return QAServing(model, preprocessor, config)
+
+    def evaluate(self, serving, data, config, info):
+        return evaluate(serving, data), info
+
+    def predict(self, serving, questions: Sequence[str], contexts: Sequence[str],
+                batch_size: int = 32) -> List[dict]:
+        """`[{"answer", "score", "answer_start"}]` per question, as the export returns them."""
+        columns = base.as_list(questions, "questions"), base.as_list(contexts, "contexts")
+        return [row for batch in serving.run(*columns, batch_size=batch_size)
+                for row in decode(batch)]
+
+
+TASK = QATask()
+
+
+def fine_tune_qa(train, validation=None, config=None, **kwargs):
+    """Fine-tunes an encoder for extractive QA: start/end logits over the sequence: `fine_tune(..., task='qa')`."""
+    from keras_bert_ft.training.runner import fine_tune
+    return fine_tune(train, validation, config, **dict(kwargs, task='qa'))
 
 
 # ----------------------------------------------------------------------- ensembles
@@ -448,7 +440,7 @@ class SpanEnsemble(keras.Model):
                                   "tasks.qa.ensemble_qa, not from a config")
 
 
-def ensemble_qa(members: Sequence["QAResult"], validation=None) -> QAResult:
+def ensemble_qa(members: Sequence, validation=None):
     """QA runs (say, one config under several seeds) -> one run that averages their start
     and end logits before decoding. On a few hundred questions single runs swing by a
     few F1 points across seeds; the average is steadier and usually beats each member.
@@ -456,7 +448,7 @@ def ensemble_qa(members: Sequence["QAResult"], validation=None) -> QAResult:
     per member.
 
     Args:
-        members: `QAResult`s from `fine_tune_qa` or `restore_qa` with the same tokenizer
+        members: qa results from `fine_tune_qa` or `restore_qa` with the same tokenizer
             and window/decoding settings (`seq_length`, `doc_stride`, `max_query_length`,
             `n_best_size`, `max_answer_length`).
         validation: optional SQuAD-style questions to score the ensemble on.
@@ -467,11 +459,11 @@ def ensemble_qa(members: Sequence["QAResult"], validation=None) -> QAResult:
         >>> result.metrics["f1"], result.export("qa_export")
     """
     if not isinstance(members, (list, tuple)) or not members:
-        raise bad_argument("members", members, "a non-empty list of QAResults")
+        raise bad_argument("members", members, "a non-empty list of qa results")
     for i, member in enumerate(members):
-        if not isinstance(member, QAResult):
+        if getattr(getattr(member, "config", None), "task", None) != "qa":
             raise bad_argument(f"members[{i}]", type(member).__name__,
-                               "a QAResult (from fine_tune_qa or restore_qa)")
+                               "a qa result (from fine_tune_qa or restore_qa)")
     first = members[0]
     for i, member in enumerate(members[1:], 1):
         if member.serving.info != first.serving.info:
@@ -487,30 +479,34 @@ def ensemble_qa(members: Sequence["QAResult"], validation=None) -> QAResult:
     metrics = {"members": len(members)}
     if validation is not None:
         metrics.update(evaluate(serving, load_squad(validation)))
-    return QAResult("qa", model, serving, first.config, {}, metrics, first.strategy)
+    from keras_bert_ft.training.runner import FineTuneResult
+    return FineTuneResult(model=model, serving=serving, config=first.config, info=first.info,
+                          history={}, metrics=metrics, strategy=first.strategy)
 
 
-def restore_qa(weights: str, config: Optional[common.TaskConfig] = None, *, strategy=None,
-               **overrides) -> QAResult:
-    """A span model built as `fine_tune_qa` builds it from `config` (the same encoder,
-    `seq_length` and precision) with the weights `result.model.save_weights` wrote; no
-    training. Runs trained in separate processes meet again this way, e.g. in
-    `ensemble_qa`.
+def restore_qa(weights: str, config=None, *, strategy=None, **overrides):
+    """A span model built as `fine_tune(..., task="qa")` builds it from `config` (the same
+    encoder, `seq_length` and precision) with the weights `result.model.save_weights`
+    wrote; no training. Runs trained in separate processes meet again this way, e.g. in
+    `ensemble_qa`. Every variable must be found in `weights`.
 
     Example:
         >>> result.model.save_weights("seed1.h5")  # in the training process
         >>> member = restore_qa("seed1.h5", seq_length=384)
     """
+    from keras_bert_ft.config import make_config
+    from keras_bert_ft.export.restore import restore_weights
+    from keras_bert_ft.training import build
+    from keras_bert_ft.training.runner import FineTuneResult
+    from keras_bert_ft.training.strategy import ensure_strategy
     if not isinstance(weights, str) or not (os.path.isfile(weights)
                                             or os.path.isfile(weights + ".index")):
         raise bad_argument("weights", weights,
                            "a weights file written by model.save_weights (.h5 or checkpoint)")
-    config, strategy = common.resolve(config, overrides, strategy)
-    model, preprocessor = _span_model_and_preprocessor(config, strategy)
-    try:
-        model.load_weights(weights)
-    except (ValueError, tf.errors.OpError) as err:
-        raise KbftError(f"weights={weights!r} do not fit the span model of encoder="
-                        f"{config.encoder!r}: {str(err).splitlines()[0][:300]}") from None
-    return QAResult("qa", model, QAServing(model, preprocessor, config), config, {}, {},
-                    strategy)
+    config = make_config(config, **dict(overrides, task="qa"))
+    strategy = ensure_strategy(strategy or config.strategy, config.tpu_address)
+    model, encoder = build.build_model(TASK, config, {}, strategy)
+    restore_weights(model, weights, where=f"weights={weights!r}")
+    preprocessor = build.build_preprocessor(encoder, config, needs_vocab=True)
+    return FineTuneResult(model=model, serving=QAServing(model, preprocessor, config),
+                          config=config, info={}, history={}, metrics={}, strategy=strategy)

@@ -26,7 +26,8 @@ from keras_bert_ft.tasks import heads
 from keras_bert_ft.errors import KbftError, bad_argument
 from keras_bert_ft.tasks.models import FineTuneModel, encoder_inputs
 from keras_bert_ft.data.preprocessing import trim_to_longest
-from keras_bert_ft.tasks import common
+from keras_bert_ft.export.serving import TaskServing
+from keras_bert_ft.tasks import base
 from keras_bert_ft.tasks.metrics import rouge_n, rouge_scores, rouge_tokens
 
 # Closing quotes and brackets may follow the mark; the same pattern runs in Python's re
@@ -84,27 +85,32 @@ def greedy_oracle(sentences: Sequence[str], reference: str, max_sentences: int =
 
 
 def load_documents(source, *, max_oracle_sentences: int = 3,
-                   encoding: str = "utf-8") -> List[Document]:
+                   encoding: str = "utf-8", where: str = "data") -> List[Document]:
     """`Document`s from a JSON-lines file or a list of records: `{"sentences": [...],
     "labels": [0/1 ...]}` (optionally `"summary"`), or `{"document": "...", "summary":
     "..."}` whose sentences are split by rule and labelled by `greedy_oracle`."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.isfile(path):
-            raise bad_argument("data", path, "an existing JSON-lines file (not found)")
+            raise bad_argument(where, path, "an existing JSON-lines file (not found)")
         with open(path, encoding=encoding) as f:
             try:
                 source = [json.loads(line) for line in f if line.strip()]
             except json.JSONDecodeError as err:
-                raise KbftError(f"Could not parse {path!r} as JSON lines: {err}") from None
-    rows = common.as_list(source, "data")
+                raise KbftError(f"Could not parse {path!r} as JSON lines: {err}. "
+                                f"Received: {where}={path!r}") from None
+            except UnicodeDecodeError as err:
+                raise KbftError(f"File {path!r} is not valid {encoding} text ({err.reason} at "
+                                f"byte {err.start}); pass its encoding (--encoding). "
+                                f"Received: encoding={encoding!r}") from None
+    rows = base.as_list(source, where)
     out = []
     for i, row in enumerate(rows):
         if isinstance(row, Document):
             out.append(row)
             continue
         if not isinstance(row, dict):
-            raise bad_argument("data", type(row).__name__, "Document objects or records")
+            raise bad_argument(where, type(row).__name__, "Document objects or records")
         summary = row.get("summary")
         if "sentences" in row:
             sentences = [str(s) for s in row["sentences"]]
@@ -178,18 +184,18 @@ class SentenceLogits(keras.layers.Layer):
         return tf.squeeze(self.dense(gathered), -1)
 
 
-def build_extractor(encoder, dropout: float = 0.1) -> FineTuneModel:
+def build_extractor(encoder, dropout: float = 0.1, head_units=()) -> FineTuneModel:
     """Encoder -> `sequence_output` at the [CLS] positions (`cls_positions` input) ->
     Dropout -> Dense(1): one logit per sentence `[batch, sentences]`."""
     inputs = encoder_inputs()
     positions = keras.Input(shape=(None,), dtype=tf.int32, name="cls_positions")
-    sequence = heads.dense_blocks(encoder(inputs)["sequence_output"], (), dropout)
+    sequence = heads.dense_blocks(encoder(inputs)["sequence_output"], tuple(head_units), dropout)
     logits = SentenceLogits(name="sentence_scores")(sequence, positions)
     return FineTuneModel(inputs={**inputs, "cls_positions": positions}, outputs=logits,
                          name="extractive_summarizer")
 
 
-class SummarizationServing(common.TaskServing):
+class SummarizationServing(TaskServing):
     """`serving_default(document)` -> `summary` (the chosen sentences joined by a space,
     in document order), `sentences` and `sentence_ids` `[batch, top_k]` ("" / -1
     padding), `scores` per split sentence (-1 when left out) and `num_sentences`."""
@@ -263,27 +269,15 @@ def featurize(preprocessor, documents: Sequence[Document], seq_length: int,
             preprocessor, tf.ragged.constant([d.sentences for d in chunk], dtype=tf.string,
                                              ragged_rank=1), seq_length)
         cls = np.zeros((len(chunk), width), np.int32)
-        y = np.full((len(chunk), width), common.IGNORE, np.int32)
+        y = np.full((len(chunk), width), base.IGNORE, np.int32)
         for i, (doc, row) in enumerate(zip(chunk, positions.to_list())):
             for j, (position, label) in enumerate(zip(row, doc.labels)):
                 if position >= 0:
                     cls[i, j], y[i, j] = position, label
-        features.append(dict(common.pad_features(batch, seq_length), cls_positions=cls))
+        features.append(dict(base.pad_features(batch, seq_length), cls_positions=cls))
         labels.append(y)
     stacked = {k: np.concatenate([f[k] for f in features]) for k in features[0]}
     return stacked, np.concatenate(labels)
-
-
-@dataclasses.dataclass
-class SummarizationResult(common.TaskResult):
-    def predict(self, documents: Sequence, batch_size: int = 32) -> List[dict]:
-        """`[{"summary", "sentences", "sentence_ids"}]` per document: raw strings (split
-        by the module's rule, as the export does) or lists of sentences."""
-        documents = common.as_list(documents, "documents")
-        if all(isinstance(d, str) for d in documents):
-            return [row for batch in self.serving.run(documents, batch_size=batch_size)
-                    for row in decode(batch)]
-        return self.serving.predict_sentences(documents, batch_size)
 
 
 def evaluate(serving: SummarizationServing, documents: Sequence[Document]) -> dict:
@@ -306,42 +300,63 @@ def evaluate(serving: SummarizationServing, documents: Sequence[Document]) -> di
     return metrics
 
 
-def fine_tune_summarization(train, validation=None, config: Optional[common.TaskConfig] = None,
-                            *, callbacks: Sequence[keras.callbacks.Callback] = (),
-                            strategy=None, **overrides) -> SummarizationResult:
-    """Fine-tunes an encoder for extractive summarisation (BERTSUM-style).
+class SummarizationTask(base.Task):
+    """Extractive summarisation (BERTSUM-style): a JSON-lines file or records (see
+    `load_documents`): sentence lists with oracle labels, or documents with reference
+    summaries (oracle labels by `greedy_oracle`, `top_k` sentences at most). Judged by
+    ROUGE against the references."""
 
-    Args:
-        train, validation: a JSON-lines file or records (see `load_documents`): sentence
-            lists with oracle labels, or documents with reference summaries (oracle
-            labels by `greedy_oracle`, `top_k` sentences at most).
-        config: a `TaskConfig` (`top_k` sentences per summary); keyword `overrides`
-            replace its fields.
+    name = "summarization"
+    needs_vocab = True
+    primary_metric = "rouge2"
 
-    Example:
-        >>> result = fine_tune_summarization("train.jsonl", "dev.jsonl", top_k=3)
-        >>> result.metrics["rouge2"], result.predict(["First. Second! Third?"])
-    """
-    config, strategy = common.resolve(config, overrides, strategy)
-    train_docs = load_documents(train, max_oracle_sentences=config.top_k,
-                                encoding=config.encoding)[:config.max_train_examples or None]
-    unlabelled = [i for i, d in enumerate(train_docs) if d.labels is None]
-    if unlabelled:
-        raise KbftError(f"Training document {unlabelled[0]} has neither labels nor a summary.")
-    val_docs = None
-    if validation is not None:
-        val_docs = load_documents(validation, max_oracle_sentences=config.top_k,
-                                  encoding=config.encoding)[:config.max_eval_examples or None]
-    encoder = common.build_encoder(config, strategy)
-    with common.model_scope(config, strategy):
-        model = build_extractor(encoder, config.dropout)
-    preprocessor = common.task_preprocessor(encoder, config)
-    features, labels = featurize(preprocessor, train_docs, config.seq_length)
-    common.compile_model(model, config, strategy, common.masked_binary_crossentropy, len(labels))
-    dataset = common.arrays_dataset(features, labels, config, strategy)
-    history, speed = common.fit(model, dataset, config, len(labels), callbacks)
-    serving = SummarizationServing(model, preprocessor, config.top_k)
-    metrics = evaluate(serving, val_docs) if val_docs is not None else {}
-    metrics.update(train_examples=len(train_docs), train_examples_per_second=speed)
-    return SummarizationResult("summarization", model, serving, config, history, metrics,
-                               strategy)
+    def read(self, source, config, info=None, where=None):
+        where = where or ("train" if info is None else "validation")
+        documents = load_documents(source, max_oracle_sentences=config.top_k,
+                                   encoding=config.encoding, where=where)
+        unlabelled = [i for i, d in enumerate(documents) if d.labels is None]
+        if info is None and unlabelled:
+            raise KbftError(f"Training document {unlabelled[0]} has neither labels nor a "
+                            f"summary. Received: train={_name(source)}")
+        return documents
+
+    def featurize(self, data, preprocessor, config, info):
+        labelled = [d for d in data if d.labels is not None]
+        if not labelled:
+            return None
+        features, labels = featurize(preprocessor, labelled, config.seq_length)
+        return base.Features(features, labels)
+
+    def build_model(self, encoder, config, info):
+        return build_extractor(encoder, config.dropout, config.head_units)
+
+    def loss(self, info):
+        return base.masked_binary_crossentropy
+
+    def serving(self, model, preprocessor, config, info):
+        return SummarizationServing(model, preprocessor, config.top_k)
+
+    def evaluate(self, serving, data, config, info):
+        return evaluate(serving, data), info
+
+    def predict(self, serving, documents: Sequence, batch_size: int = 32) -> List[dict]:
+        """`[{"summary", "sentences", "sentence_ids"}]` per document: raw strings (split
+        by the module's rule, as the export does) or lists of sentences."""
+        documents = base.as_list(documents, "documents")
+        if all(isinstance(d, str) for d in documents):
+            return [row for batch in serving.run(documents, batch_size=batch_size)
+                    for row in decode(batch)]
+        return serving.predict_sentences(documents, batch_size)
+
+
+def _name(source) -> str:
+    return source if isinstance(source, str) else type(source).__name__
+
+
+TASK = SummarizationTask()
+
+
+def fine_tune_summarization(train, validation=None, config=None, **kwargs):
+    """Fine-tunes an encoder for extractive summarisation (BERTSUM-style): `fine_tune(..., task='summarization')`."""
+    from keras_bert_ft.training.runner import fine_tune
+    return fine_tune(train, validation, config, **dict(kwargs, task='summarization'))

@@ -20,7 +20,8 @@ from keras_bert_ft.tasks import heads
 from keras_bert_ft.errors import KbftError, bad_argument
 from keras_bert_ft.tasks.models import FineTuneModel, encoder_inputs
 from keras_bert_ft.data.preprocessing import trim_to_longest
-from keras_bert_ft.tasks import common
+from keras_bert_ft.export.serving import TaskServing
+from keras_bert_ft.tasks import base
 from keras_bert_ft.tasks.metrics import tagging_metrics
 
 
@@ -39,11 +40,11 @@ class TaggedSentences:
                                    tags=None if self.tags is None else self.tags[:n])
 
 
-def read_conll(path: str, encoding: str = "utf-8") -> TaggedSentences:
+def read_conll(path: str, encoding: str = "utf-8", where: str = "data") -> TaggedSentences:
     """CoNLL-style columns: one word per line, the word first and its tag last, a blank
     line between sentences; `-DOCSTART-` lines are skipped."""
     if not os.path.isfile(path):
-        raise bad_argument("data", path, "an existing CoNLL file (not found)")
+        raise bad_argument(where, path, "an existing CoNLL file (not found)")
     words, tags, sentence, sentence_tags = [], [], [], []
     with open(path, encoding=encoding) as f:
         for number, line in enumerate(f, 1):
@@ -63,18 +64,18 @@ def read_conll(path: str, encoding: str = "utf-8") -> TaggedSentences:
         words.append(sentence)
         tags.append(sentence_tags)
     if not words:
-        raise bad_argument("data", path, "a CoNLL file with at least one sentence (it is empty)")
+        raise bad_argument(where, path, "a CoNLL file with at least one sentence (it is empty)")
     return TaggedSentences(words, tags, source=path)
 
 
-def load_tagged(source, encoding: str = "utf-8") -> TaggedSentences:
+def load_tagged(source, encoding: str = "utf-8", where: str = "data") -> TaggedSentences:
     """`TaggedSentences` from a CoNLL file, a list of `{"tokens": [...], "tags": [...]}`
     records (`words` also works for `tokens`) or a list of `(words, tags)` pairs."""
     if isinstance(source, TaggedSentences):
         return source
     if isinstance(source, (str, os.PathLike)):
-        return read_conll(os.fspath(source), encoding)
-    rows = common.as_list(source, "data")
+        return read_conll(os.fspath(source), encoding, where)
+    rows = base.as_list(source, where)
     words, tags = [], []
     for i, row in enumerate(rows):
         if isinstance(row, dict):
@@ -82,7 +83,7 @@ def load_tagged(source, encoding: str = "utf-8") -> TaggedSentences:
         elif isinstance(row, (list, tuple)) and len(row) == 2:
             w, t = row
         else:
-            raise bad_argument("data", type(row).__name__, 'records {"tokens": [...], '
+            raise bad_argument(where, type(row).__name__, 'records {"tokens": [...], '
                                '"tags": [...]} or (words, tags) pairs')
         if w is None or t is None or len(w) != len(t):
             raise KbftError(f"Sentence {i} needs as many tags as words. Received: "
@@ -110,7 +111,7 @@ def encode_words(preprocessor, words: tf.RaggedTensor, seq_length: int):
     return preprocessor.pack([per_sentence], seq_length), first
 
 
-class TaggingServing(common.TaskServing):
+class TaggingServing(TaskServing):
     """`serving_default(text)`: whitespace words, their tags and tag ids, `num_words`."""
 
     task = "tagging"
@@ -167,11 +168,13 @@ def decode(outputs) -> List[dict]:
 # ---------------------------------------------------------------------------- model
 
 
-def build_tagger(encoder, num_tags: int, dropout: float = 0.1) -> FineTuneModel:
-    """Encoder -> `sequence_output` -> Dropout -> Dense: logits `[batch, seq, tags]`."""
+def build_tagger(encoder, num_tags: int, dropout: float = 0.1,
+                 head_units: Sequence[int] = ()) -> FineTuneModel:
+    """Encoder -> `sequence_output` -> Dropout (+ Dense blocks) -> Dense: logits
+    `[batch, seq, tags]`."""
     inputs = encoder_inputs()
     sequence = encoder(inputs)["sequence_output"]
-    x = heads.dense_blocks(sequence, (), dropout)
+    x = heads.dense_blocks(sequence, tuple(head_units), dropout)
     logits = heads.logits_layer(num_tags, name="tag_logits")(x)
     return FineTuneModel(inputs=inputs, outputs=logits, name="tagger")
 
@@ -185,28 +188,14 @@ def featurize(preprocessor, sentences: TaggedSentences, tag_index: dict, seq_len
         words = sentences.words[start:start + batch_size]
         batch, first = encode_words(
             preprocessor, tf.ragged.constant(words, dtype=tf.string, ragged_rank=1), seq_length)
-        features.append(common.pad_features(batch, seq_length))
-        y = np.full((len(words), seq_length), common.IGNORE, np.int32)
+        features.append(base.pad_features(batch, seq_length))
+        y = np.full((len(words), seq_length), base.IGNORE, np.int32)
         for i, positions in enumerate(first.to_list()):
             for position, tag in zip(positions, sentences.tags[start + i]):
                 if position >= 0:
                     y[i, position] = tag_index[tag]
         labels.append(y)
-    stacked = {k: np.concatenate([f[k] for f in features]) for k in features[0]}
-    return stacked, np.concatenate(labels)
-
-
-@dataclasses.dataclass
-class TaggingResult(common.TaskResult):
-    def predict(self, texts: Sequence[str], batch_size: int = 32) -> List[dict]:
-        """`[{"words": [...], "tags": [...]}]` per raw string, as the export returns them."""
-        texts = common.as_list(texts, "texts")
-        return [row for batch in self.serving.run(texts, batch_size=batch_size)
-                for row in decode(batch)]
-
-    @property
-    def tag_names(self) -> List[str]:
-        return self.serving.info["tag_names"]
+    return base.stack(features), np.concatenate(labels)
 
 
 def evaluate(serving: TaggingServing, sentences: TaggedSentences) -> dict:
@@ -216,45 +205,62 @@ def evaluate(serving: TaggingServing, sentences: TaggedSentences) -> dict:
     return metrics
 
 
-def fine_tune_tagging(train, validation=None, config: Optional[common.TaskConfig] = None, *,
-                      callbacks: Sequence[keras.callbacks.Callback] = (), strategy=None,
-                      **overrides) -> TaggingResult:
-    """Fine-tunes an encoder for word-level tagging (NER, POS, chunking).
+class TaggingTask(base.Task):
+    """Word-level tagging (NER, POS, chunking): CoNLL files, `{"tokens", "tags"}` records
+    or `(words, tags)` pairs (see `load_tagged`). Judged by entity-level F1."""
 
-    Args:
-        train, validation: a CoNLL file, a list of `{"tokens": [...], "tags": [...]}`
-            records, a list of `(words, tags)` pairs, or `TaggedSentences`.
-        config: a `TaskConfig`; keyword `overrides` replace its fields.
+    name = "tagging"
+    token_labels = True
+    needs_vocab = True
+    primary_metric = "entity_f1"
 
-    Example:
-        >>> result = fine_tune_tagging("train.conll", "dev.conll", epochs=2)
-        >>> result.metrics["entity_f1"], result.predict(["John lives in Paris"])
-    """
-    config, strategy = common.resolve(config, overrides, strategy)
-    train_s = load_tagged(train, config.encoding)
-    if config.max_train_examples:
-        train_s = train_s.take(config.max_train_examples)
-    tag_names = sorted({t for tags in train_s.tags for t in tags})
-    if len(tag_names) < 2:
-        raise bad_argument("train", train_s.source, "sentences with at least two different "
-                           f"tags (found only {tag_names})")
-    val_s = None
-    if validation is not None:
-        val_s = load_tagged(validation, config.encoding)
-        if config.max_eval_examples:
-            val_s = val_s.take(config.max_eval_examples)
-        common.check_labels_known({t for tags in val_s.tags for t in tags}, tag_names,
-                                  f"validation {val_s.source}")
-    encoder = common.build_encoder(config, strategy)
-    with common.model_scope(config, strategy):
-        model = build_tagger(encoder, len(tag_names), config.dropout)
-    preprocessor = common.task_preprocessor(encoder, config)
-    features, labels = featurize(preprocessor, train_s,
-                                 {t: i for i, t in enumerate(tag_names)}, config.seq_length)
-    common.compile_model(model, config, strategy, common.masked_sparse_crossentropy, len(labels))
-    dataset = common.arrays_dataset(features, labels, config, strategy, token_labels=True)
-    history, speed = common.fit(model, dataset, config, len(labels), callbacks)
-    serving = TaggingServing(model, preprocessor, tag_names)
-    metrics = evaluate(serving, val_s) if val_s is not None else {}
-    metrics.update(train_examples=len(train_s), train_examples_per_second=speed)
-    return TaggingResult("tagging", model, serving, config, history, metrics, strategy)
+    def read(self, source, config, info=None, where=None):
+        where = where or ("train" if info is None else "validation")
+        sentences = load_tagged(source, config.encoding, where=where)
+        if info is not None:
+            if sentences.tags is None:
+                raise bad_argument(where, sentences.source, "tagged sentences")
+            base.check_labels_known({t for tags in sentences.tags for t in tags},
+                                    info["tag_names"], f"{where} {sentences.source}")
+        return sentences
+
+    def describe(self, train, config):
+        tag_names = sorted({t for tags in train.tags for t in tags})
+        if len(tag_names) < 2:
+            raise bad_argument("train", train.source, "sentences with at least two different "
+                               f"tags (found only {tag_names})")
+        return {"tag_names": tag_names}
+
+    def featurize(self, data, preprocessor, config, info):
+        if data.tags is None:
+            return None
+        index = {t: i for i, t in enumerate(info["tag_names"])}
+        features, labels = featurize(preprocessor, data, index, config.seq_length)
+        return base.Features(features, labels)
+
+    def build_model(self, encoder, config, info):
+        return build_tagger(encoder, len(info["tag_names"]), config.dropout, config.head_units)
+
+    def loss(self, info):
+        return base.masked_sparse_crossentropy
+
+    def serving(self, model, preprocessor, config, info):
+        return TaggingServing(model, preprocessor, info["tag_names"])
+
+    def evaluate(self, serving, data, config, info):
+        return evaluate(serving, data), info
+
+    def predict(self, serving, texts: Sequence[str], batch_size: int = 32) -> List[dict]:
+        """`[{"words": [...], "tags": [...]}]` per raw string, as the export returns them."""
+        texts = base.as_list(texts, "texts")
+        return [row for batch in serving.run(texts, batch_size=batch_size)
+                for row in decode(batch)]
+
+
+TASK = TaggingTask()
+
+
+def fine_tune_tagging(train, validation=None, config=None, **kwargs):
+    """Fine-tunes an encoder for word-level tagging (NER, POS, chunking): `fine_tune(..., task='tagging')`."""
+    from keras_bert_ft.training.runner import fine_tune
+    return fine_tune(train, validation, config, **dict(kwargs, task='tagging'))

@@ -19,7 +19,6 @@ retrace per backup, and dropout masks that repeat every `backup_steps` steps.)
 """
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -38,7 +37,8 @@ BACKUP_DIR = "backup"
 RUN_FILE = "run.json"
 HISTORY_FILE = "history.json"
 # Settings that may change between a run and its resumption: they do not change the numbers.
-_NOT_IDENTIFYING = ("verbose", "output_dir", "strategy", "tpu_address", "steps_per_execution")
+_NOT_IDENTIFYING = ("verbose", "output_dir", "strategy", "tpu_address", "steps_per_execution",
+                    "overwrite")
 
 
 class NonFiniteLoss(KbftError):
@@ -59,15 +59,12 @@ def backup_dir(output_dir: str) -> str:
     return os.path.join(output_dir, BACKUP_DIR)
 
 
-def fingerprint(config, examples) -> dict:
-    """What makes a rerun 'the same run': its settings and its training data."""
+def fingerprint(config, data_digest: str, examples: int) -> dict:
+    """What makes a rerun 'the same run': its settings and its training data (the digest
+    of its feature arrays and labels)."""
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_IDENTIFYING}
-    digest = hashlib.sha256()
-    for text in examples.texts + (examples.texts_pair or []):
-        digest.update(text.encode("utf-8") + b"\0")
-    digest.update(examples.labels.tobytes())
-    return json.loads(json.dumps({"settings": settings, "train_examples": len(examples),
-                                  "train_sha256": digest.hexdigest()}, default=str))
+    return json.loads(json.dumps({"settings": settings, "train_examples": examples,
+                                  "train_sha256": data_digest}, default=str))
 
 
 def resume_point(directory: str, steps_per_epoch: int) -> Optional[Resume]:

@@ -29,7 +29,7 @@ def get_strategy(kind: str = "auto", *, tpu_address: str = ""):
     other TensorFlow work in the process.
     """
     if kind not in KINDS:
-        raise bad_argument("kind", kind, f"one of {', '.join(KINDS)}")
+        raise bad_argument("strategy", kind, f"one of {', '.join(KINDS)}")
     if kind in ("auto", "tpu"):
         resolver = find_tpu(tpu_address, required=kind == "tpu")
         if resolver is not None:
@@ -43,7 +43,7 @@ def get_strategy(kind: str = "auto", *, tpu_address: str = ""):
                                  f"{cluster['task']['index']} of {tf_config_tasks()}")
     gpus = tf.config.list_logical_devices("GPU")
     if kind == "gpu" and not gpus:
-        raise bad_argument("kind", kind, "a strategy for hardware this machine has "
+        raise bad_argument("strategy", kind, "a strategy for hardware this machine has "
                            "(no GPU found; use 'auto' or 'cpu')")
     if kind == "mirrored" or (kind in ("auto", "gpu") and len(gpus) > 1):
         return _chosen(new_mirrored_strategy(),
@@ -94,7 +94,7 @@ def find_tpu(address: str, required: bool):
         except (ValueError, RuntimeError, KeyError, tf.errors.OpError) as err:
             error = err
     if required:
-        raise bad_argument("kind", "tpu", f"a strategy for hardware this machine has "
+        raise bad_argument("strategy", "tpu", f"a strategy for hardware this machine has "
                            f"(no TPU found: {str(error).splitlines()[0][:120]})") from None
     return None
 

@@ -97,13 +97,16 @@ def encoder_load_kwargs(handle: str, strategy) -> dict:
 
 
 def static_int32_batch(batch_size: int, seq_length: int):
-    """A `tf.data` map function for TPU batches: int32 ids and labels of fixed shape
-    `[batch_size, seq_length]` / `[batch_size]`, or a clear error while tracing.
+    """A `tf.data` map function for TPU batches: int32 inputs of fixed shape
+    `[batch_size, seq_length]` (other inputs and the labels: `[batch_size, ...]` with their
+    own fixed sizes), or a clear error while tracing.
 
     Tokenisers lose the static batch size, so an unknown batch dimension is pinned
     (the pipeline must drop partial batches); an unknown or different sequence length
     is an error.
     """
+    from keras_bert_ft.data.preprocessing import INPUT_KEYS
+
     @tf.autograph.experimental.do_not_convert
     def fix(features, labels=None):
         out = {}
@@ -113,12 +116,16 @@ def static_int32_batch(batch_size: int, seq_length: int):
                     f"TPU input {name!r} must hold integer token ids, not {value.dtype.name}: "
                     "tokenise in tf.data on the host (tensorflow-text ops have no TPU "
                     "kernels), e.g. with kbft.make_dataset or kbft.Preprocessor.")
-            _check_static(name, value.shape, [batch_size, seq_length])
-            out[name] = tf.ensure_shape(tf.cast(value, tf.int32), [batch_size, seq_length])
+            expected = ([batch_size, seq_length] if name in INPUT_KEYS
+                        else [batch_size, *value.shape[1:]])
+            _check_static(name, value.shape, expected)
+            out[name] = tf.ensure_shape(tf.cast(value, tf.int32), expected)
         if labels is None:
             return out
-        _check_static("labels", labels.shape, [batch_size])
-        return out, tf.ensure_shape(tf.cast(labels, tf.int32), [batch_size])
+        expected = [batch_size, *labels.shape[1:]]
+        _check_static("labels", labels.shape, expected)
+        dtype = tf.int32 if labels.dtype.is_integer else tf.float32
+        return out, tf.ensure_shape(tf.cast(labels, dtype), expected)
     return fix
 
 

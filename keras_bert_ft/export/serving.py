@@ -1,0 +1,65 @@
+"""TaskServing: a task's raw-string serving function with the model and tokenizer it closes over.
+
+Evaluation, `result.predict` and the export all run this same function, so the exported
+model sees exactly what training and validation saw.
+"""
+
+import json
+from typing import Callable, Dict, List, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from keras_bert_ft.errors import bad_argument
+
+
+class TaskServing(tf.Module):
+    """`serve_fn`: a tf.function over `[batch]` strings, one per name in `input_names`.
+
+    Subclasses implement `serve`, naming its parameters after `input_names` (they name the
+    signature's inputs), and set `task`.
+    """
+
+    task = ""
+    input_names: Sequence[str] = ()
+
+    def __init__(self, model, preprocessor, info: dict):
+        super().__init__(name=f"kbft_{self.task}")
+        self.model = model
+        self.preprocessor = preprocessor
+        # JSON, not a dict attribute: tf.Module would wrap a dict as a trackable
+        self._info_json = json.dumps(dict(info, task=self.task,
+                                          seq_length=int(preprocessor.seq_length)))
+        spec = tf.TensorSpec([None], tf.string)
+        # autograph off: the graph has no Python control flow, and converting tf-text
+        # internals made tracing several times slower
+        self.serve_fn = tf.function(self.serve, input_signature=[spec] * len(self.input_names),
+                                    autograph=False)
+
+    @property
+    def info(self) -> dict:
+        return json.loads(self._info_json)
+
+    def serve(self, *inputs) -> Dict[str, tf.Tensor]:
+        raise NotImplementedError
+
+    def run(self, *columns, batch_size: int = 32) -> List[Dict[str, np.ndarray]]:
+        """`serve_fn` over Python string lists in batches: numpy outputs per batch."""
+        return run_batches(lambda *b: self.serve_fn(*b), columns, batch_size)
+
+
+def run_batches(fn: Callable, columns, batch_size: int) -> List[Dict[str, np.ndarray]]:
+    """`fn` over equal-length string columns in batches of `batch_size`."""
+    n = len(columns[0])
+    if any(len(c) != n for c in columns):
+        raise bad_argument("inputs", [len(c) for c in columns], "lists of equal length")
+    out = []
+    for start in range(0, n, batch_size):
+        batch = [tf.constant([str(x) for x in c[start:start + batch_size]], tf.string)
+                 for c in columns]
+        out.append({k: v.numpy() for k, v in fn(*batch).items()})
+    return out
+
+
+def concat_batches(batches: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]} if batches else {}
