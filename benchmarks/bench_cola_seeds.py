@@ -34,7 +34,7 @@ def main(argv=None) -> int:
 
     from keras_bert_ft.data import examples as data_lib
     from keras_bert_ft.research.seeds import format_summary, run_seeds
-    from keras_bert_ft.training.runner import FineTuneConfig
+    from keras_bert_ft.config import FineTuneConfig
 
     read = lambda name: data_lib.read_table(os.path.join(args.data, name),  # noqa: E731
                                             column_names=COLUMNS)

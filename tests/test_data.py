@@ -150,24 +150,3 @@ def test_bucketed_batches_group_lengths_and_keep_every_example(vocab_file):
     for features, labels in batches:
         parity = {int(y) % 2 for y in labels.numpy()}
         assert len(parity) == 1  # one length bucket per batch
-
-
-@pytest.mark.parametrize("padding", ["bucketed", "dynamic", "static"])
-def test_tokenise_once_cache_gives_the_same_batches_as_streaming(vocab_file, monkeypatch,
-                                                                padding):
-    pre = Preprocessor.from_vocab(vocab_file, seq_length=32)
-    texts = [" ".join(["the movie was good"] * (1 + i % 5)) for i in range(30)]
-    ex = data_lib.examples_from_lists(texts, list(range(30)))
-
-    def batches():
-        ds = data_lib.make_dataset(ex, pre, batch_size=4, shuffle=True, seed=7,
-                                   padding=padding)
-        return [(f["input_word_ids"].numpy(), y.numpy()) for f, y in ds]
-
-    cached = batches()
-    monkeypatch.setattr(data_lib, "CACHE_MAX_TOKENS", 0)
-    streamed = batches()
-    assert len(cached) == len(streamed)
-    for (ids_a, y_a), (ids_b, y_b) in zip(cached, streamed):
-        np.testing.assert_array_equal(ids_a, ids_b)
-        np.testing.assert_array_equal(y_a, y_b)

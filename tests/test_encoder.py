@@ -174,7 +174,7 @@ def test_custom_layer_pattern(unnamed_encoder):
 
 
 def test_errors_handle_missing(tmp_path):
-    with pytest.raises(KbftError, match="Received: handle="):
+    with pytest.raises(KbftError, match="Received: encoder="):
         HubEncoder(str(tmp_path / "nope"))
     with pytest.raises(KbftError, match="no saved_model.pb"):
         HubEncoder(str(tmp_path))

@@ -59,8 +59,7 @@ def write_backup(directory, epoch, batch):
 
 def test_resume_point_and_other_runs_backup(tmp_path):
     out = str(tmp_path / "run")
-    examples = kbft.examples_from_lists(["a", "b", "c"], [0, 1, 0])
-    mine = fault_tolerance.fingerprint(kbft.FineTuneConfig(), examples)
+    mine = fault_tolerance.fingerprint(kbft.FineTuneConfig(), "sha-of-the-data", 3)
     strategy = tf.distribute.get_strategy()
     first = fault_tolerance.RunBackup(out, mine, steps_per_epoch=10, backup_steps=5,
                                       strategy=strategy)
@@ -72,7 +71,7 @@ def test_resume_point_and_other_runs_backup(tmp_path):
                                       strategy=strategy)
     assert (again.resume.epoch, again.resume.step, again.start_step) == (1, 5, 15)
     assert again.full_history({"loss": [0.7]}) == {"loss": [0.9, 0.7]}  # epoch 2 is redone
-    other = fault_tolerance.fingerprint(kbft.FineTuneConfig(learning_rate=1e-4), examples)
+    other = fault_tolerance.fingerprint(kbft.FineTuneConfig(learning_rate=1e-4), "sha-of-the-data", 3)
     with pytest.raises(KbftError, match="unfinished run with other settings.*learning_rate"):
         fault_tolerance.RunBackup(out, other, steps_per_epoch=10, backup_steps=5,
                                   strategy=strategy)
@@ -84,11 +83,11 @@ def test_cli_flags_for_scale_out_and_resume():
         ["train", "--train", "t.tsv", "--output", "out", "--deterministic", "--backup-steps", "7",
          "--strategy", "multiworker", "--tpu-address", "local", "--mixed-precision", "mixed_bfloat16",
          "--steps-per-execution", "16"])
-    config = cli._config_from_args(args)
+    config = cli.app.config_from_args(args)
     assert (config.deterministic, config.backup_steps, config.strategy, config.tpu_address,
             config.mixed_precision, config.steps_per_execution) == (
         True, 7, "multiworker", "local", "mixed_bfloat16", 16)
-    defaults = cli._config_from_args(cli.build_parser().parse_args(["train", "--train", "t"]))
+    defaults = cli.app.config_from_args(cli.build_parser().parse_args(["train", "--train", "t"]))
     assert (defaults.deterministic, defaults.backup_steps, defaults.steps_per_execution) == (
         False, 500, None)
     with pytest.raises(KbftError, match="Received: backup_steps=-1"):

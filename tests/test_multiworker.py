@@ -86,7 +86,7 @@ def test_two_workers_train_what_mirrored_trains(tmp_path, dropout_free_encoder, 
     chief, worker = run_workers(argv)
     assert "export: " in chief and "worker finished; the chief wrote the run folder" in worker
     # The chief alone wrote the run folder and the export; the backups are gone.
-    assert sorted(os.listdir(out)) == ["checkpoints", "export", "history.json", "history.png",
+    assert sorted(os.listdir(out)) == [".kbft-run", "checkpoints", "export", "history.json", "history.png",
                                        "logs", "metrics.json", "run_config.json"]
     assert json.load(open(os.path.join(out, "metrics.json")))["train_examples"] == 48
     export_lib.predict_export(export_lib.load_export(os.path.join(out, "export")), ["good fun"])

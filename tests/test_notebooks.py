@@ -74,13 +74,15 @@ def referenced_names(source):
             for alias in node.names:
                 pairs.append((node.module, alias.name))
     # kbft.name or kbft.module.name, found textually (aliases known from the imports).
-    pattern = re.compile(r"\b(%s)\.(\w+)(?:\.(\w+))?" % "|".join(map(re.escape, aliases)))
+    pattern = re.compile(r"\b(%s)((?:\.\w+)+)" % "|".join(map(re.escape, aliases)))
     for match in pattern.finditer(source):
-        _, name, sub = match.groups()
-        if sub is not None and _is_module(name):
-            pairs.append((f"keras_bert_ft.{name}", sub))
-        else:
-            pairs.append(("keras_bert_ft", name))
+        parts = match.group(2).strip(".").split(".")
+        depth = 0  # the longest dotted prefix that is a submodule of keras_bert_ft
+        while depth < len(parts) and _is_module(".".join(parts[:depth + 1])):
+            depth += 1
+        if depth == len(parts):  # a module path (an import), not a name taken from one
+            continue
+        pairs.append((".".join(["keras_bert_ft", *parts[:depth]]), parts[depth]))
     return pairs
 
 

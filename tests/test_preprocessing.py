@@ -91,5 +91,5 @@ def test_errors_vocab_missing(tmp_path):
 
 
 def test_errors_preprocessor_handle_missing(tmp_path):
-    with pytest.raises(KbftError, match="Received: handle="):
+    with pytest.raises(KbftError, match="Received: encoder="):
         Preprocessor.from_hub(str(tmp_path / "nothing"))

@@ -26,10 +26,10 @@ def test_mirrored_over_logical_cpus():
 
 @pytest.mark.parametrize("kind", ["gpu", "tpu"])
 def test_errors_missing_hardware(kind):
-    with pytest.raises(KbftError, match=f"Received: kind='{kind}'"):
+    with pytest.raises(KbftError, match=f"Received: strategy='{kind}'"):
         get_strategy(kind)
 
 
 def test_errors_bad_kind():
-    with pytest.raises(KbftError, match=r"one of auto, tpu, gpu, mirrored, cpu.*Received: kind='tpuu'"):
+    with pytest.raises(KbftError, match=r"one of auto, tpu, gpu, mirrored, cpu.*Received: strategy='tpuu'"):
         get_strategy("tpuu")

@@ -174,24 +174,28 @@ def test_exports_reload_in_a_bare_process_with_identical_outputs(
 
 
 def test_cli_train_task_and_predict(tagging, tmp_path, monkeypatch, capsys):
-    """`kbft train --task`: flags reach TaskConfig, the run is saved, `kbft predict`
+    """`kbft train --task`: flags reach the config, the run is saved, `kbft predict`
     reads the export (training itself is the fixture's, passed through)."""
+    from keras_bert_ft.training import runner
     seen = []
 
-    def fake_fine_tune(task, train, validation, config):
-        seen.append((task, train, validation, config))
-        if task != "tagging":
+    def fake_fine_tune(train, validation, config):
+        seen.append((config.task, train, validation, config))
+        if config.task != "tagging":
             raise KbftError("stop here")
         return tagging
 
-    monkeypatch.setattr(tasks, "fine_tune_task", fake_fine_tune)
+    monkeypatch.setattr(runner, "fine_tune", fake_fine_tune)
     out = str(tmp_path / "run")
+    assert cli.main(["train", "--task", "tagging", "--train", "t.conll", "--top-k", "2",
+                     "--output", out]) == 2
+    assert "--top-k does not apply to --task tagging" in capsys.readouterr().err
     assert cli.main(["train", "--task", "tagging", "--train", "t.conll", "--validation",
-                     "d.conll", "--epochs", "2", "--seq-length", "32", "--top-k", "2",
+                     "d.conll", "--epochs", "2", "--seq-length", "32",
                      "--cased", "--output", out]) == 0
     task, train, validation, config = seen[-1]
     assert (task, train, validation) == ("tagging", "t.conll", "d.conll")
-    assert (config.epochs, config.seq_length, config.top_k, config.lower_case) == (2, 32, 2, False)
+    assert (config.epochs, config.seq_length, config.lower_case) == (2, 32, False)
     assert json.load(open(os.path.join(out, "metrics.json"))) == pytest.approx(tagging.metrics)
     run_config = json.load(open(os.path.join(out, "run_config.json")))
     assert run_config["task"] == "tagging" and run_config["tag_names"] == tagging.tag_names
@@ -201,7 +205,7 @@ def test_cli_train_task_and_predict(tagging, tmp_path, monkeypatch, capsys):
     assert json.loads(capsys.readouterr().out) == tagging.predict([text])[0]
     assert cli.main(["predict", "--model", os.path.join(out, "export"), "--text", "a",
                      "--text-pair", "b"]) == 2
-    assert "text_pair must be nothing" in capsys.readouterr().err
+    assert "--text-pair must be nothing" in capsys.readouterr().err
 
     squad = tmp_path / "squad.json"
     squad.write_text(json.dumps({"data": [
@@ -215,11 +219,11 @@ def test_cli_train_task_and_predict(tagging, tmp_path, monkeypatch, capsys):
     assert config.doc_stride == 64
     assert cli.main(["train", "--task", "tagging", "--train", "x", "--train-articles", "3",
                      "--output", out]) == 2
-    assert "train_articles must be used only with --task qa" in capsys.readouterr().err
+    assert "--train-articles must be used only with --task qa" in capsys.readouterr().err
 
 
 def test_tasks_build_the_native_encoder_under_mixed_precision_with_layer_decay(encoder2):
-    """QA (and every task through `common`) takes the native encoder, a mixed-precision
+    """QA (and every task through the one runner) takes the native encoder, a mixed-precision
     policy that reaches its matmuls (variables and logits stay float32) and layer-wise
     rates; the global policy is restored afterwards."""
     import tensorflow as tf
@@ -313,13 +317,14 @@ def test_qa_ensembles_and_restores_name_bad_members(qa, tmp_path):
 def test_cli_qa_seeds_train_an_ensemble(qa, tmp_path, monkeypatch, capsys):
     """`kbft train --task qa --seeds 2`: one run per seed (from --seed up), saved as their
     ensemble with each run's metrics; other sequence tasks refuse --seeds."""
+    from keras_bert_ft.training import runner
     seen = []
 
-    def fake_fine_tune(task, train, validation, config):
+    def fake_fine_tune(train, validation, config):
         seen.append(config.seed)
         return qa
 
-    monkeypatch.setattr(tasks, "fine_tune_task", fake_fine_tune)
+    monkeypatch.setattr(runner, "fine_tune", fake_fine_tune)
     rng = np.random.RandomState(5)
     articles = [{"title": f"t{i}", "paragraphs": [{"context": ex.context, "qas": [
         {"id": f"q{i}", "question": ex.question,
@@ -340,4 +345,4 @@ def test_cli_qa_seeds_train_an_ensemble(qa, tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert cli.main(["train", "--task", "tagging", "--train", "t.conll", "--seeds", "2",
                      "--output", out]) == 2
-    assert "seeds must be used with --task qa" in capsys.readouterr().err
+    assert "--seeds must be used with --task classification" in capsys.readouterr().err

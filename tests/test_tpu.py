@@ -15,8 +15,9 @@ from keras_bert_ft.training import tpu
 from keras_bert_ft._keras import keras
 from keras_bert_ft.errors import KbftError
 from keras_bert_ft.encoders.native import make_encoder
+from keras_bert_ft.data.examples import tokenize_examples
 from keras_bert_ft.data.pipeline import training_input
-from keras_bert_ft.training.runner import precision_policy
+from keras_bert_ft.training.build import precision_policy
 
 from conftest import sentiment_rows
 
@@ -136,7 +137,7 @@ def test_tpu_batches_are_static_int32_per_replica(vocab_file):
     examples = kbft.examples_from_lists(*zip(*[(r["sentence"], r["label"]) for r in sentiment_rows(40)]))
     pre = kbft.Preprocessor.from_vocab(vocab_file, seq_length=16)
     strategy = FakeTPUStrategy(fake_resolver(), replicas=8, hosts=2)
-    train = training_input(examples, pre, strategy, batch_size=16, seed=3, padding="static",
+    train = training_input(tokenize_examples(examples, pre), np.asarray(examples.labels), strategy, batch_size=16, seed=3, padding="static",
                            drop_remainder=True)
     assert train.per_worker and train.steps_per_epoch == 40 // 16
     for pipeline in strategy.pipelines:
@@ -160,10 +161,10 @@ def test_errors_tpu_batches_must_be_static_ids(vocab_file):
     examples = kbft.examples_from_lists(["a good film", "a bad film"] * 8, [1, 0] * 8)
     pre = kbft.Preprocessor.from_vocab(vocab_file, seq_length=16)
     with pytest.raises(KbftError, match="a TPU needs fixed shapes.*padding='static'"):
-        training_input(examples, pre, FakeTPUStrategy(fake_resolver()), batch_size=16, seed=0,
+        training_input(tokenize_examples(examples, pre), np.asarray(examples.labels), FakeTPUStrategy(fake_resolver()), batch_size=16, seed=0,
                        padding="dynamic", drop_remainder=True)
     with pytest.raises(KbftError, match="Received: drop_remainder=False"):
-        training_input(examples, pre, FakeTPUStrategy(fake_resolver()), batch_size=16, seed=0,
+        training_input(tokenize_examples(examples, pre), np.asarray(examples.labels), FakeTPUStrategy(fake_resolver()), batch_size=16, seed=0,
                        padding="static", drop_remainder=False)
     fix = tpu.static_int32_batch(2, 4)
     ids = tf.data.Dataset.from_tensors(({"input_word_ids": tf.ones([2, 4], tf.int64)},

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 import keras_bert_ft as kbft
 from keras_bert_ft._keras import keras
+from keras_bert_ft.data.examples import tokenize_examples
 from keras_bert_ft.data.pipeline import epoch_batches, training_input
 
 from conftest import sentiment_rows
@@ -41,16 +42,17 @@ def test_stream_is_what_fit_trains_on_and_resumes_at_a_step(vocab_file, padding,
     plain = kbft.make_dataset(examples, pre, batch_size=8, shuffle=True, seed=5,
                               padding=padding, drop_remainder=drop)
     expected = fit_keys(plain, epochs=3)  # what fit trains on, given the dataset itself
-    steps = epoch_batches(examples, pre, batch_size=8, padding=padding, drop_remainder=drop)
+    features, labels = tokenize_examples(examples, pre), np.asarray(examples.labels)
+    steps = epoch_batches(features, batch_size=8, padding=padding, drop_remainder=drop)
     # Static drops the last partial batch; buckets each end with their own partial batch.
     assert steps == 46 // 8 if drop else steps > -(-46 // 8)
     assert len(expected) == 3 * steps and expected[:steps] != expected[steps:2 * steps]
-    stream = training_input(examples, pre, tf.distribute.get_strategy(), batch_size=8, seed=5,
+    stream = training_input(features, labels, tf.distribute.get_strategy(), batch_size=8, seed=5,
                             padding=padding, drop_remainder=drop, steps_per_epoch=steps)
     assert stream.steps_per_epoch == steps and not stream.per_worker
     assert fit_keys(stream.data, epochs=3, steps_per_epoch=steps) == expected
     start = steps + 2  # a backup taken after epoch 1 and two more steps
-    resumed = training_input(examples, pre, tf.distribute.get_strategy(), batch_size=8, seed=5,
+    resumed = training_input(features, labels, tf.distribute.get_strategy(), batch_size=8, seed=5,
                              padding=padding, drop_remainder=drop, start_step=start,
                              steps_per_epoch=steps)
     assert fit_keys(resumed.data, epochs=1, steps_per_epoch=len(expected) - start) == \

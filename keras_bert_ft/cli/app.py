@@ -205,31 +205,33 @@ def _restore(args, name: str = "model"):
     return restore(getattr(args, name), name=name)
 
 
-def _data_config(result, args):
-    """The run's config with the column and encoding flags the user gave."""
+def _data_config(saved, args):
+    """The run's config (`saved`) with the column and encoding flags the user gave."""
     import dataclasses
     changes = {k: getattr(args, k) for k in ("text_column", "text_pair_column",
                                               "label_column", "encoding")
                if getattr(args, k, None) is not None}
-    if result.task not in SENTENCE_TASKS:
+    if saved.task not in SENTENCE_TASKS:
         given = [k for k in changes if k != "encoding"]
         if given:
-            raise KbftError(f"{flag_of(given[0])} does not apply to a {result.task} model "
+            raise KbftError(f"{flag_of(given[0])} does not apply to a {saved.task} model "
                             f"(its data has no columns). Received: "
                             f"{flag_of(given[0])}={changes[given[0]]!r}")
-    config = dataclasses.replace(result.config, **changes)
+    config = dataclasses.replace(saved, **changes)
     return config.validate()
 
 
 def cmd_evaluate(args) -> int:
+    from keras_bert_ft.export.restore import saved_config
     from keras_bert_ft.tasks import get_task
-    result = _restore(args)
-    config = _data_config(result, args)
-    task = get_task(result.task)
-    data = task.read(args.data, config, result.info, where="data")
-    metrics, _ = task.evaluate(result.serving, data, config, result.info)
     if args.output:
         _check_output_file(args.output)
+    saved, info = saved_config(args.model, name="model")  # the user's input is checked
+    config = _data_config(saved, args)                    # before any model is built
+    task = get_task(config.task)
+    data = task.read(args.data, config, info, where="data")
+    result = _restore(args)
+    metrics, _ = task.evaluate(result.serving, data, config, result.info)
     print(json.dumps(metrics, indent=2))
     if args.output:
         with open(args.output, "w") as f:
@@ -247,33 +249,35 @@ def _check_output_file(path: str, name: str = "output") -> None:
 
 def cmd_predict(args) -> int:
     from keras_bert_ft.data import examples as data_lib
+    from keras_bert_ft.export.restore import saved_config
     from keras_bert_ft.export.serving import concat_batches
-    result = _restore(args)
     if args.input and args.text:
         raise bad_argument("input", args.input, "not given together with --text")
+    if not (args.input or args.text):
+        raise bad_argument("text", None, "--text TEXT (repeatable) or --input FILE")
     if args.output:
         _check_output_file(args.output)
-    sentence = result.task in SENTENCE_TASKS
+    saved, info = saved_config(args.model, name="model")  # checks before building
+    sentence = saved.task in SENTENCE_TASKS
     if args.input:
         if not sentence:
-            raise bad_argument("input", args.input, f"not used by a {result.task} model: "
+            raise bad_argument("input", args.input, f"not used by a {saved.task} model: "
                                "pass --text (and --text-pair for qa contexts)")
-        config = _data_config(result, args)
+        config = _data_config(saved, args)
         examples = data_lib.load_examples(args.input, text_column=config.text_column,
                                           text_pair_column=config.text_pair_column,
                                           encoding=config.encoding, where="input")
         texts, pairs = examples.texts, examples.texts_pair
-    elif args.text:
-        texts, pairs = args.text, args.text_pair
     else:
-        raise bad_argument("text", None, "--text TEXT (repeatable) or --input FILE")
-    wants_pair = result.pair or result.task == "qa"
+        texts, pairs = args.text, args.text_pair
+    wants_pair = bool(info.get("pair")) or saved.task == "qa"
     if wants_pair and (pairs is None or len(pairs) != len(texts)):
-        what = "context" if result.task == "qa" else "second text"
+        what = "context" if saved.task == "qa" else "second text"
         raise bad_argument("text_pair", pairs, f"one {what} (--text-pair) per --text "
                            f"({len(texts)}): this model takes pairs")
     if pairs is not None and not wants_pair:
         raise bad_argument("text_pair", pairs, "nothing: this model takes single texts")
+    result = _restore(args)
     columns = [texts] + ([pairs] if pairs is not None else [])
     out = open(args.output, "w") if args.output else sys.stdout
     try:
@@ -306,8 +310,9 @@ def _prediction_row(result, outputs: dict, i: int) -> dict:
 
 def cmd_export(args) -> int:
     from keras_bert_ft.export.restore import restore_run
+    from keras_bert_ft.export.saved_model import check_export_dir, write_export
+    check_export_dir(args.output, name="output")  # before the model is built
     result = restore_run(args.run, checkpoint=args.checkpoint, name="run")
-    from keras_bert_ft.export.saved_model import write_export
     from keras_bert_ft.training.runner import export_metadata
     path = write_export(result.serving, args.output,
                         export_metadata(result.config, result.info), name="output")
@@ -327,13 +332,15 @@ def cmd_report(args) -> int:
 def cmd_convert(args) -> int:
     from keras_bert_ft.encoders import convert
     if bool(args.from_hf) == bool(args.from_tf1):
-        raise bad_argument("from_hf", args.from_hf, "exactly one of --from-hf or --from-tf1")
+        raise bad_argument("from_hf", args.from_hf, "exactly one of --from-hf or --from-tf1 "
+                           f"({'both' if args.from_hf else 'neither'} given)")
+    names = dict(src_name="from_hf" if args.from_hf else "from_tf1", out_name="output")
     if args.from_hf:
         out = convert.convert_hf_bert(args.from_hf, args.output, seq_length=args.seq_length,
-                                      overwrite=args.overwrite)
+                                      overwrite=args.overwrite, **names)
     else:
         out = convert.convert_tf1_bert(args.from_tf1, args.output, seq_length=args.seq_length,
-                                       overwrite=args.overwrite)
+                                       overwrite=args.overwrite, **names)
     print(f"encoder: {os.path.join(out, 'encoder')}\npreprocessor: {os.path.join(out, 'preprocessor')}")
     return 0
 

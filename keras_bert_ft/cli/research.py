@@ -4,6 +4,8 @@ Kept apart from cli.py so the core CLI stays short; cli.py calls `add_train_flag
 `add_commands` and `cmd_train_seeds`.
 """
 
+import argparse
+
 from keras_bert_ft.errors import bad_argument
 
 
@@ -12,8 +14,15 @@ def _ints(name):
         try:
             return [int(v) for v in value.split(",") if v.strip()]
         except ValueError:
-            raise bad_argument(name, value, "comma-separated ints, e.g. 0,1,2") from None
+            raise argparse.ArgumentTypeError(
+                f"must be comma-separated ints, e.g. 0,1,2. Received: {value!r}") from None
+    parse.__name__ = name
     return parse
+
+
+def _positive_int(value: str) -> int:
+    from keras_bert_ft.cli.app import positive_int  # the CLI's one int >= 1 parser
+    return positive_int(value)
 
 
 def _names(value: str):
@@ -21,7 +30,7 @@ def _names(value: str):
 
 
 def add_train_flags(train) -> None:
-    train.add_argument("--seeds", type=int, default=None,
+    train.add_argument("--seeds", type=_positive_int, default=None,
                        help="run N seeds (from --seed up): mean ± std of --metric, "
                        "degenerate runs flagged, the best run kept under --output; "
                        "with --task qa: the N runs served as one ensemble")
@@ -113,7 +122,8 @@ def add_commands(sub, add_config_flags, add_column_flags, config_from_args) -> N
                        "blocks, e.g. 0,1,2")
     sweep.add_argument("--poolings", type=_names, default=None,
                        help="also compare these poolings, e.g. pooled,cls,mean")
-    sweep.add_argument("--head-width", type=int, default=256, help="units per head block")
+    sweep.add_argument("--head-width", type=_positive_int, default=256,
+                       help="units per head block")
     sweep.add_argument("--head-layers", type=int, default=None,
                        help="k for the head runs (default: the recommended k)")
     sweep.add_argument("--metric", default="accuracy", help="quality metric (accuracy, f1, mcc)")
@@ -131,10 +141,12 @@ def add_commands(sub, add_config_flags, add_column_flags, config_from_args) -> N
     diff.add_argument("model_a", help="e.g. minilm-l6 (the pretrained encoder)")
     diff.add_argument("model_b", help="e.g. runs/sst2 or runs/sst2/export")
     diff.add_argument("--data", required=True, help="texts for the representations (a file)")
-    diff.add_argument("--samples", type=int, default=512, help="texts to use (default 512)")
+    diff.add_argument("--samples", type=_positive_int, default=512,
+                      help="texts to use (default 512)")
     diff.add_argument("--representation", default="tokens", choices=("tokens", "cls", "mean"),
                       help="CKA over every real token (default), [CLS] or mean vectors")
-    diff.add_argument("--seq-length", type=int, default=128, help="maximum tokens per text")
+    diff.add_argument("--seq-length", type=_positive_int, default=128,
+                      help="maximum tokens per text")
     diff.add_argument("--json", help="also write the figures to this JSON file")
     add_column_flags(diff, labels=False)
     diff.set_defaults(func=cmd_diff)
@@ -148,9 +160,10 @@ def add_commands(sub, add_config_flags, add_column_flags, config_from_args) -> N
     probe.add_argument("--validation", required=True, help="labelled validation file")
     probe.add_argument("--representation", default="cls", choices=("cls", "mean"),
                        help="[CLS] vector (default) or mean over real tokens")
-    probe.add_argument("--max-train-examples", type=int, default=None)
-    probe.add_argument("--max-eval-examples", type=int, default=None)
-    probe.add_argument("--seq-length", type=int, default=128, help="maximum tokens per text")
+    probe.add_argument("--max-train-examples", type=_positive_int, default=None)
+    probe.add_argument("--max-eval-examples", type=_positive_int, default=None)
+    probe.add_argument("--seq-length", type=_positive_int, default=128,
+                       help="maximum tokens per text")
     probe.add_argument("--l2", type=float, default=1e-2, help="probe L2 penalty (default 0.01)")
     probe.add_argument("--json", help="also write the figures to this JSON file")
     add_column_flags(probe, labels=True)

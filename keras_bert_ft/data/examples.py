@@ -1,8 +1,10 @@
 """Labelled text from files, DataFrames, Python lists or tensorflow-datasets -> tf.data.
 
 Files are read with pandas: CSV, TSV (quoting off: SST-2 sentences contain `"`),
-JSON lines. Strings like "NA" or "null" stay text. String labels are mapped to ids and
-the label names kept, so predictions and exports can speak the user's labels.
+JSON lines. Strings like "NA" or "null" stay text, but a text must not be empty, and a
+label must not be missing (empty, NaN, null): such rows are refused by number, never
+turned into a class of their own. String labels are mapped to ids and the label names
+kept, so predictions and exports can speak the user's labels.
 Multi-label labels become multi-hot rows, regression labels floats. `"mrpc:<path>"`,
 `"trec:<path>"`, `"trec-fine:<path>"` and `"cola:<path>"` read those datasets' own
 formats (see `readers.py`).
@@ -139,8 +141,13 @@ def load_examples(source, *, text_column: str, label_column: Optional[str] = Non
                                f"{', '.join(map(str, frame.columns))})")
     texts = _texts(frame[text_column])
     pair = _texts(frame[text_pair_column]) if text_pair_column else None
+    check_filled(texts, f"text column {text_column!r}", where, name)
+    if pair is not None:
+        check_filled(pair, f"text column {text_pair_column!r}", where, name)
     labels, names = None, list(label_names or [])
     if label_column is not None:
+        check_filled(frame[label_column].tolist(), f"label column {label_column!r}", where,
+                     name, labels=True, empty_ok=task == "multilabel")
         labels, names = encode_task_labels(
             frame[label_column].tolist(), task, label_names, separator=label_separator,
             where=f"label_column {label_column!r} of {name}", column=label_column)
@@ -170,8 +177,13 @@ def examples_from_lists(texts: Sequence[str], labels: Optional[Sequence] = None,
         if other is not None and len(other) != len(texts):
             raise bad_argument(arg, f"<{len(other)} items>",
                                f"as many items as texts ({len(texts)})")
+    check_filled(list(texts), "texts", "texts", "<texts>")
+    if texts_pair is not None:
+        check_filled(list(texts_pair), "texts_pair", "texts_pair", "<texts_pair>")
     ids, names = (None, list(label_names or []))
     if labels is not None:
+        check_filled(list(labels), "labels", "labels", "<labels>", labels=True,
+                     empty_ok=task == "multilabel")
         ids, names = encode_task_labels(list(labels), task, label_names,
                                         separator=label_separator, where="labels")
     return Examples(texts=[str(t) for t in texts], labels=ids, label_names=names,
@@ -181,10 +193,8 @@ def examples_from_lists(texts: Sequence[str], labels: Optional[Sequence] = None,
 def encode_labels(values: list, label_names: Optional[Sequence[str]] = None, *,
                   where: str = "labels"):
     """Label values -> (int ids, names). Names are sorted (numerically for numbers)."""
+    check_filled(values, where, "labels", "<labels>", labels=True)
     keys = [_label_key(v) for v in values]
-    missing = [i for i, k in enumerate(keys) if k == ""]
-    if missing:
-        raise KbftError(f"{where} has empty labels (first at row {missing[0]}).")
     if label_names is None:
         unique = sorted(set(keys), key=_sort_key)
     else:
@@ -253,6 +263,33 @@ def encode_scores(values: list, *, where: str = "labels") -> np.ndarray:
     if not np.isfinite(scores).all():
         raise KbftError(f"{where} has non-finite scores (regression).")
     return scores
+
+
+# Label cells that mean "no value": pandas and spreadsheets write these for a missing one.
+_MISSING_LABELS = ("", "nan", "null", "<na>")
+
+
+def check_filled(values, what: str, where: str, source, *, labels: bool = False,
+                 empty_ok: bool = False) -> None:
+    """The one check that every text is non-empty and every label present (not empty,
+    NaN or null: never a class of its own). `empty_ok`: an empty cell is a value (a
+    multilabel example with no label); NaN and null still are not. Raises a `KbftError`
+    naming the rows (row 1 is the first example) and `where` (the CLI shows its flag)."""
+    if labels:
+        refused = _MISSING_LABELS[1:] if empty_ok else _MISSING_LABELS
+        bad = [i for i, v in enumerate(values)
+               if not isinstance(v, (list, tuple, set, np.ndarray))
+               and _label_key(v).lower() in refused]
+        kind = "NaN or null" if empty_ok else "empty, NaN or null"
+    else:
+        bad = [i for i, v in enumerate(values) if not str(v).strip()]
+        kind = "empty"
+    if bad:
+        rows = ", ".join(str(i + 1) for i in bad[:10]) + (" ..." if len(bad) > 10 else "")
+        raise bad_argument(where, source, f"data with no {kind} value in {what}; "
+                           f"row{'s' if len(bad) > 1 else ''} {rows} "
+                           f"{'have' if len(bad) > 1 else 'has'} one (row 1 is the first "
+                           "example): fill in or drop those rows")
 
 
 def _label_key(value) -> str:

@@ -54,29 +54,35 @@ class _Source:
 
 
 def convert_hf_bert(src_dir: str, out_dir: str, *, seq_length: int = 128,
-                    do_lower_case: Optional[bool] = None, overwrite: bool = False) -> str:
+                    do_lower_case: Optional[bool] = None, overwrite: bool = False,
+                    src_name: str = "src_dir", out_name: str = "out_dir") -> str:
     """Converts a Hugging Face BERT folder (config.json, vocab.txt, *.safetensors).
 
     `do_lower_case=None` reads it from tokenizer_config.json / tokenizer.json, else
-    guesses it from the vocabulary. Returns `out_dir`.
+    guesses it from the vocabulary. Returns `out_dir`. `src_name` / `out_name`: what
+    errors call the two folders (the CLI passes its flags' names).
     """
     _check_seq_length(seq_length)
-    _check_out_dir(out_dir, overwrite)
-    source = read_hf_bert(src_dir, do_lower_case=do_lower_case)
-    return _write(source, out_dir, seq_length=seq_length, overwrite=overwrite)
+    _check_out_dir(out_dir, overwrite, out_name)
+    source = read_hf_bert(src_dir, do_lower_case=do_lower_case, name=src_name)
+    return _write(source, out_dir, seq_length=seq_length, overwrite=overwrite,
+                  name=out_name)
 
 
 def convert_tf1_bert(src_dir: str, out_dir: str, *, seq_length: int = 128,
-                     do_lower_case: Optional[bool] = None, overwrite: bool = False) -> str:
+                     do_lower_case: Optional[bool] = None, overwrite: bool = False,
+                     src_name: str = "src_dir", out_name: str = "out_dir") -> str:
     """Converts an original Google BERT folder (bert_model.ckpt.*, bert_config.json, vocab.txt).
 
     `do_lower_case=None` takes it from the folder name ("uncased_L-12_..." / "cased_...")
-    or else from the vocabulary. Returns `out_dir`.
+    or else from the vocabulary. Returns `out_dir`. `src_name` / `out_name` as for
+    `convert_hf_bert`.
     """
     _check_seq_length(seq_length)
-    _check_out_dir(out_dir, overwrite)
-    source = read_tf1_bert(src_dir, do_lower_case=do_lower_case)
-    return _write(source, out_dir, seq_length=seq_length, overwrite=overwrite)
+    _check_out_dir(out_dir, overwrite, out_name)
+    source = read_tf1_bert(src_dir, do_lower_case=do_lower_case, name=src_name)
+    return _write(source, out_dir, seq_length=seq_length, overwrite=overwrite,
+                  name=out_name)
 
 
 def detect_format(src_dir: str) -> str:
@@ -101,21 +107,24 @@ def convert_checkpoint(src_dir: str, out_dir: str, *, seq_length: int = 128,
 # ----------------------------------------------------------------------------- Hugging Face
 
 
-def read_hf_bert(src_dir: str, *, do_lower_case: Optional[bool] = None) -> _Source:
-    """Reads and checks a Hugging Face BERT folder into TF-Hub-named NumPy weights."""
-    _check_src_dir(src_dir)
-    config = _read_json(src_dir, "config.json")
+def read_hf_bert(src_dir: str, *, do_lower_case: Optional[bool] = None,
+                 name: str = "src_dir") -> _Source:
+    """Reads and checks a Hugging Face BERT folder into TF-Hub-named NumPy weights.
+    `name`: what errors call `src_dir`."""
+    _check_src_dir(src_dir, name)
+    config = _read_json(src_dir, "config.json", name)
     model_type = config.get("model_type")
     if model_type != "bert":
         raise KbftError(
-            "src_dir must hold a BERT checkpoint (config.json model_type 'bert'; RoBERTa, "
+            f"{name} must hold a BERT checkpoint (config.json model_type 'bert'; RoBERTa, "
             "DistilBERT, GPT-2 etc. use other layouts or tokenizers). "
-            f"Received: src_dir={src_dir!r} with model_type={model_type!r}")
+            f"Received: {name}={src_dir!r} with model_type={model_type!r}", argument=name)
     if config.get("position_embedding_type", "absolute") != "absolute":
         raise KbftError(
             "config.json position_embedding_type must be 'absolute'. Received: "
-            f"position_embedding_type={config['position_embedding_type']!r} in {src_dir!r}")
-    dims = _dims(config, "config.json", src_dir, {
+            f"position_embedding_type={config['position_embedding_type']!r} in {name}="
+            f"{src_dir!r}", argument=name)
+    dims = _dims(config, "config.json", src_dir, name, {
         "vocab_size": "vocab_size", "hidden_size": "hidden_size",
         "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
         "intermediate_size": "intermediate_size", "max_positions": "max_position_embeddings",
@@ -123,18 +132,18 @@ def read_hf_bert(src_dir: str, *, do_lower_case: Optional[bool] = None) -> _Sour
     if config.get("embedding_size", dims["hidden_size"]) != dims["hidden_size"]:
         raise KbftError("config.json embedding_size must equal hidden_size (factorised "
                         f"embeddings are ALBERT's). Received: embedding_size="
-                        f"{config['embedding_size']!r} in {src_dir!r}")
+                        f"{config['embedding_size']!r} in {name}={src_dir!r}", argument=name)
     activation = _pick_activation(config.get("hidden_act", "gelu"), _HF_ACTIVATIONS,
-                                  "config.json", src_dir)
+                                  "config.json", src_dir, name)
     eps = float(config.get("layer_norm_eps", 1e-12))
     if not np.isclose(eps, 1e-12, rtol=0, atol=1e-13):
         # tf-models' BertEncoder hard-codes 1e-12; against unit-variance activations
         # a different epsilon changes outputs by about that relative amount only.
         warnings.warn(f"{src_dir}: layer_norm_eps={eps} is exported as 1e-12.")
 
-    vocab_file = _require_file(src_dir, "vocab.txt")
-    tensors, files = _load_safetensors(src_dir)
-    prefix = _hf_prefix(tensors, files, src_dir)
+    vocab_file = _require_file(src_dir, "vocab.txt", name)
+    tensors, files = _load_safetensors(src_dir, name)
+    prefix = _hf_prefix(tensors, files, src_dir, name)
     weights = {}
     missing = []
     for tfhub_name, hf_name, shape, transform in _hf_plan(dims):
@@ -146,17 +155,19 @@ def read_hf_bert(src_dir: str, *, do_lower_case: Optional[bool] = None) -> _Sour
         if tuple(value.shape) != shape:
             raise KbftError(
                 f"Tensor {key!r} in {', '.join(files)} must have shape {shape} (from "
-                f"config.json). Received: shape={tuple(value.shape)} in src_dir={src_dir!r}")
+                f"config.json). Received: shape={tuple(value.shape)} in {name}={src_dir!r}",
+                argument=name)
         weights[tfhub_name] = transform(value.astype(np.float32))
     if missing:
         raise KbftError(
-            f"src_dir must hold every BERT tensor; {len(missing)} missing from "
+            f"{name} must hold every BERT tensor; {len(missing)} missing from "
             f"{', '.join(files)}: {', '.join(missing[:8])}"
-            f"{' ...' if len(missing) > 8 else ''}. Received: src_dir={src_dir!r}")
+            f"{' ...' if len(missing) > 8 else ''}. Received: {name}={src_dir!r}",
+            argument=name)
 
     _check_vocab(vocab_file, dims["vocab_size"])
     if do_lower_case is None:
-        do_lower_case = _hf_lower_case(src_dir, vocab_file)
+        do_lower_case = _hf_lower_case(src_dir, vocab_file, name)
     return _Source("hf", src_dir, dims, activation, weights, vocab_file, do_lower_case)
 
 
@@ -213,7 +224,7 @@ def _hf_plan(dims) -> List[Tuple[str, str, tuple, Callable]]:
     return plan
 
 
-def _load_safetensors(src_dir) -> Tuple[Dict[str, np.ndarray], List[str]]:
+def _load_safetensors(src_dir, name="src_dir") -> Tuple[Dict[str, np.ndarray], List[str]]:
     """All tensors of model.safetensors, or of the shards its index lists."""
     from safetensors.numpy import load_file
 
@@ -228,27 +239,27 @@ def _load_safetensors(src_dir) -> Tuple[Dict[str, np.ndarray], List[str]]:
                   os.path.isfile(os.path.join(src_dir, n))]
         hint = (f" It has {', '.join(others)}, which this converter does not read (no "
                 "torch); re-save it with save_pretrained(safe_serialization=True).") if others else ""
-        raise KbftError(f"src_dir must contain model.safetensors.{hint} Received: "
-                        f"src_dir={src_dir!r}")
+        raise KbftError(f"{name} must contain model.safetensors.{hint} Received: "
+                        f"{name}={src_dir!r}", argument=name)
     tensors = {}
-    for name in files:
-        path = _require_file(src_dir, name)
+    for file in files:
+        path = _require_file(src_dir, file, name)
         try:
             tensors.update(load_file(path))
         except Exception as e:  # bf16 (no NumPy dtype), truncated file, ...
-            raise KbftError(f"{name} must be a readable float32/float16 safetensors file. "
-                            f"Received: {path!r} ({e})") from e
+            raise KbftError(f"{file} must be a readable float32/float16 safetensors file. "
+                            f"Received: {path!r} ({e})") from None
     return tensors, files
 
 
-def _hf_prefix(tensors, files, src_dir) -> str:
+def _hf_prefix(tensors, files, src_dir, name="src_dir") -> str:
     """"" for BertModel files, "bert." for BertFor* heads, whatever wraps it otherwise."""
     anchor = "embeddings.word_embeddings.weight"
     prefixes = sorted((k[:-len(anchor)] for k in tensors if k.endswith(anchor)), key=len)
     if not prefixes:
-        raise KbftError(f"src_dir must hold every BERT tensor; missing from "
+        raise KbftError(f"{name} must hold every BERT tensor; missing from "
                         f"{', '.join(files)}: {anchor} (nor bert.{anchor}). "
-                        f"Received: src_dir={src_dir!r}")
+                        f"Received: {name}={src_dir!r}", argument=name)
     return prefixes[0]
 
 
@@ -261,16 +272,16 @@ def _hf_key(tensors, name) -> Optional[str]:
     return old if old in tensors else None
 
 
-def _hf_lower_case(src_dir, vocab_file) -> bool:
+def _hf_lower_case(src_dir, vocab_file, name="src_dir") -> bool:
     """tokenizer_config.json, then tokenizer.json's normalizer, then the vocabulary."""
     lower, strip = None, None
     path = os.path.join(src_dir, "tokenizer_config.json")
     if os.path.isfile(path):
-        cfg = _read_json(src_dir, "tokenizer_config.json")
+        cfg = _read_json(src_dir, "tokenizer_config.json", name)
         lower, strip = cfg.get("do_lower_case"), cfg.get("strip_accents")
     path = os.path.join(src_dir, "tokenizer.json")
     if lower is None and os.path.isfile(path):
-        norm = _read_json(src_dir, "tokenizer.json").get("normalizer") or {}
+        norm = _read_json(src_dir, "tokenizer.json", name).get("normalizer") or {}
         if norm.get("type") == "BertNormalizer":
             lower, strip = norm.get("lowercase"), norm.get("strip_accents")
     if lower is None:
@@ -280,14 +291,15 @@ def _hf_lower_case(src_dir, vocab_file) -> bool:
         raise KbftError(
             "The tokenizer's strip_accents must be null or equal do_lower_case (TF-Text "
             f"ties the two). Received: strip_accents={strip!r}, do_lower_case={lower!r} "
-            f"in src_dir={src_dir!r}")
+            f"in {name}={src_dir!r}", argument=name)
     return bool(lower)
 
 
 # ----------------------------------------------------------------------------- TF1
 
 
-def read_tf1_bert(src_dir: str, *, do_lower_case: Optional[bool] = None) -> _Source:
+def read_tf1_bert(src_dir: str, *, do_lower_case: Optional[bool] = None,
+                  name: str = "src_dir") -> _Source:
     """Reads and checks an original BERT TF1 folder into TF-Hub-named NumPy weights.
 
     Renaming and head-splitting are done by tf-models' `tf1_bert_checkpoint_converter_lib`
@@ -298,35 +310,36 @@ def read_tf1_bert(src_dir: str, *, do_lower_case: Optional[bool] = None) -> _Sou
     from keras_bert_ft._keras import keras  # noqa: F401  (tf_keras before tf-models)
     from official.nlp.tools import tf1_bert_checkpoint_converter_lib as tf1_lib
 
-    _check_src_dir(src_dir)
-    config = _read_json(src_dir, "bert_config.json")
-    dims = _dims(config, "bert_config.json", src_dir, {
+    _check_src_dir(src_dir, name)
+    config = _read_json(src_dir, "bert_config.json", name)
+    dims = _dims(config, "bert_config.json", src_dir, name, {
         "vocab_size": "vocab_size", "hidden_size": "hidden_size",
         "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
         "intermediate_size": "intermediate_size", "max_positions": "max_position_embeddings",
         "type_vocab_size": "type_vocab_size"})
     activation = _pick_activation(config.get("hidden_act", "gelu"), _TF1_ACTIVATIONS,
-                                  "bert_config.json", src_dir)
-    vocab_file = _require_file(src_dir, "vocab.txt")
+                                  "bert_config.json", src_dir, name)
+    vocab_file = _require_file(src_dir, "vocab.txt", name)
     _check_vocab(vocab_file, dims["vocab_size"])
-    ckpt = _tf1_checkpoint(src_dir)
+    ckpt = _tf1_checkpoint(src_dir, name)
     shapes = tf.train.load_checkpoint(ckpt).get_variable_to_shape_map()
     missing = []
-    for name, shape in _tf1_plan(dims):
-        if name not in shapes:
-            missing.append(name)
-        elif tuple(shapes[name]) != shape:
+    for variable, shape in _tf1_plan(dims):
+        if variable not in shapes:
+            missing.append(variable)
+        elif tuple(shapes[variable]) != shape:
             raise KbftError(
-                f"Variable {name!r} in {os.path.basename(ckpt)} must have shape {shape} "
-                f"(from bert_config.json). Received: shape={tuple(shapes[name])} in "
-                f"src_dir={src_dir!r}")
+                f"Variable {variable!r} in {os.path.basename(ckpt)} must have shape {shape} "
+                f"(from bert_config.json). Received: shape={tuple(shapes[variable])} in "
+                f"{name}={src_dir!r}", argument=name)
     if missing:
         raise KbftError(
-            f"src_dir must hold every BERT variable; {len(missing)} missing from "
+            f"{name} must hold every BERT variable; {len(missing)} missing from "
             f"{os.path.basename(ckpt)}: {', '.join(missing[:8])}"
-            f"{' ...' if len(missing) > 8 else ''}. Received: src_dir={src_dir!r}")
+            f"{' ...' if len(missing) > 8 else ''}. Received: {name}={src_dir!r}",
+            argument=name)
 
-    wanted = [name for name, _, _, _ in _hf_plan(dims)]
+    wanted = [variable for variable, _, _, _ in _hf_plan(dims)]
     with tempfile.TemporaryDirectory() as tmp:
         renamed = os.path.join(tmp, "renamed")
         tf1_lib.convert(
@@ -336,7 +349,7 @@ def read_tf1_bert(src_dir: str, *, do_lower_case: Optional[bool] = None) -> _Sou
             permutations=tf1_lib.BERT_V2_PERMUTATIONS,
             exclude_patterns=["adam", "Adam", "global_step"])
         reader = tf.train.load_checkpoint(renamed)
-        weights = {name: reader.get_tensor(name).astype(np.float32) for name in wanted}
+        weights = {v: reader.get_tensor(v).astype(np.float32) for v in wanted}
 
     if do_lower_case is None:
         base = os.path.basename(os.path.normpath(src_dir)).lower()
@@ -368,16 +381,16 @@ def _tf1_plan(dims) -> List[Tuple[str, tuple]]:
     return plan
 
 
-def _tf1_checkpoint(src_dir) -> str:
+def _tf1_checkpoint(src_dir, name="src_dir") -> str:
     """The checkpoint prefix: bert_model.ckpt, else the folder's only *.index file."""
     if os.path.isfile(os.path.join(src_dir, "bert_model.ckpt.index")):
         return os.path.join(src_dir, "bert_model.ckpt")
     found = sorted(glob.glob(os.path.join(src_dir, "*.index")))
     if len(found) != 1:
         raise KbftError(
-            "src_dir must contain one TF1 checkpoint (bert_model.ckpt.index + "
-            f".data-*). Received: src_dir={src_dir!r} with "
-            f"{[os.path.basename(p) for p in found] or 'no *.index file'}")
+            f"{name} must contain one TF1 checkpoint (bert_model.ckpt.index + "
+            f".data-*). Received: {name}={src_dir!r} with "
+            f"{[os.path.basename(p) for p in found] or 'no *.index file'}", argument=name)
     return found[0][:-len(".index")]
 
 
@@ -396,7 +409,8 @@ def _activation(kind):
     return {"exact": keras.activations.gelu, "tanh": "gelu", "relu": "relu"}[kind]
 
 
-def _write(source: _Source, out_dir: str, *, seq_length: int, overwrite: bool) -> str:
+def _write(source: _Source, out_dir: str, *, seq_length: int, overwrite: bool,
+           name: str = "out_dir") -> str:
     """Exports `source` to a temp folder next to `out_dir`, then renames it into place."""
     from keras_bert_ft.encoders import tfhub_format
     from keras_bert_ft._keras import keras
@@ -435,7 +449,7 @@ def _write(source: _Source, out_dir: str, *, seq_length: int, overwrite: bool) -
                 "do_lower_case": source.do_lower_case, "seq_length": seq_length}
         with open(os.path.join(tmp, INFO_FILE), "w", encoding="utf-8") as f:
             json.dump(info, f, indent=2)
-        _publish(tmp, final, overwrite)
+        _publish(tmp, final, overwrite, name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -464,14 +478,14 @@ def _assign(encoder, weights: Dict[str, np.ndarray]):
         raise AssertionError(f"weights not used by the encoder: {sorted(unused)}")
 
 
-def _publish(tmp, final, overwrite):
+def _publish(tmp, final, overwrite, name="out_dir"):
     """Renames `tmp` to `final`; with `overwrite`, swaps out an existing folder."""
     try:
         os.rename(tmp, final)  # also replaces an empty folder (POSIX rename)
         return
     except OSError:
         if not (overwrite and os.path.isdir(final)):
-            raise bad_argument("out_dir", final, "a new or empty folder (another "
+            raise bad_argument(name, final, "a new or empty folder (another "
                                "process wrote it meanwhile?)") from None
     old = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.old-", dir=os.path.dirname(final))
     os.rename(final, os.path.join(old, "previous"))
@@ -487,59 +501,69 @@ def _check_seq_length(seq_length):
         raise bad_argument("seq_length", seq_length, "an int >= 3 ([CLS], a token, [SEP])")
 
 
-def _check_src_dir(src_dir):
+def _check_src_dir(src_dir, name="src_dir"):
     if not isinstance(src_dir, (str, os.PathLike)) or not os.path.isdir(src_dir):
-        raise bad_argument("src_dir", src_dir, "an existing folder")
+        raise bad_argument(name, src_dir, "an existing folder" + (
+            " (it is a file)" if isinstance(src_dir, (str, os.PathLike))
+            and os.path.exists(src_dir) else ""))
 
 
-def _check_out_dir(out_dir, overwrite):
+def _check_out_dir(out_dir, overwrite, name="out_dir"):
     if not isinstance(out_dir, (str, os.PathLike)) or not str(out_dir):
-        raise bad_argument("out_dir", out_dir, "a folder path")
+        raise bad_argument(name, out_dir, "a folder path")
     if os.path.exists(out_dir):
         if not os.path.isdir(out_dir):
-            raise bad_argument("out_dir", out_dir, "a folder path, not a file")
+            raise bad_argument(name, out_dir, "a folder path, not a file")
         if os.listdir(out_dir) and not overwrite:
-            raise bad_argument("out_dir", out_dir,
-                               "a new or empty folder (pass overwrite=True to replace it)")
+            raise bad_argument(name, out_dir, "a new or empty folder (pass overwrite=True, "
+                               "CLI: --overwrite, to replace it)")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise bad_argument(name, out_dir, f"a folder path this user can write ({parent} is "
+                           f"{'not writable' if os.path.isdir(parent) else 'a file'})")
 
 
-def _require_file(src_dir, name) -> str:
-    path = os.path.join(src_dir, name)
+def _require_file(src_dir, file, name="src_dir") -> str:
+    path = os.path.join(src_dir, file)
     if not os.path.isfile(path):
-        raise KbftError(f"src_dir must contain {name}. Received: src_dir={src_dir!r} "
-                        f"with {sorted(os.listdir(src_dir))[:12]}")
+        raise KbftError(f"{name} must contain {file}. Received: {name}={src_dir!r} "
+                        f"with {sorted(os.listdir(src_dir))[:12]}", argument=name)
     return path
 
 
-def _read_json(src_dir, name) -> dict:
-    path = _require_file(src_dir, name)
+def _read_json(src_dir, file, name="src_dir") -> dict:
+    path = _require_file(src_dir, file, name)
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except ValueError as e:
-        raise KbftError(f"{name} must be valid JSON. Received: {path!r} ({e})") from e
+        raise KbftError(f"{file} must be valid JSON. Received: {path!r} ({e})") from None
 
 
-def _dims(config, file, src_dir, keys) -> Dict[str, int]:
+def _dims(config, file, src_dir, name, keys) -> Dict[str, int]:
     dims = {}
     for ours, theirs in keys.items():
         value = config.get(theirs)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise KbftError(f"{file} must set {theirs} to a positive int. Received: "
-                            f"{theirs}={value!r} in src_dir={src_dir!r}")
+                            f"{theirs}={value!r} in {name}={src_dir!r}", argument=name)
         dims[ours] = value
     if dims["hidden_size"] % dims["num_heads"]:
         raise KbftError(f"{file} hidden_size must be divisible by num_attention_heads. "
                         f"Received: hidden_size={dims['hidden_size']}, "
-                        f"num_attention_heads={dims['num_heads']} in src_dir={src_dir!r}")
+                        f"num_attention_heads={dims['num_heads']} in {name}={src_dir!r}",
+                        argument=name)
     return dims
 
 
-def _pick_activation(name, table, file, src_dir) -> str:
-    if name not in table:
+def _pick_activation(activation, table, file, src_dir, name="src_dir") -> str:
+    if activation not in table:
         raise KbftError(f"{file} hidden_act must be one of {sorted(table)}. "
-                        f"Received: hidden_act={name!r} in src_dir={src_dir!r}")
-    return table[name]
+                        f"Received: hidden_act={activation!r} in {name}={src_dir!r}",
+                        argument=name)
+    return table[activation]
 
 
 def _check_vocab(vocab_file, vocab_size):

@@ -98,51 +98,13 @@ def is_remote(handle: str) -> bool:
     return bool(re.match(r"^[a-z][a-z0-9+.-]*://", handle))
 
 
-class HubEncoder(hub.KerasLayer):
-    """A TF-Hub-format BERT encoder with per-layer trainability.
+class LayerGroups:
+    """Per-layer trainability over `self._groups` (embeddings, layer_0 ..., pooler -> their
+    variables): what HubEncoder and NativeEncoder share."""
 
-    Args:
-        handle: a preset name (`"minilm-l6"`), a tfhub.dev/Kaggle URL, a local folder or
-            a `gs://` path of a BERT encoder SavedModel (inputs `input_word_ids`,
-            `input_mask`, `input_type_ids`; outputs `pooled_output`, `sequence_output`).
-        trainable_layers: `"all"`, `"none"`, an int k (the top k transformer layers) or a
-            list of layer indices.
-        train_embeddings: whether the embeddings train; `None` means "only when every
-            layer trains".
-        train_pooler: whether the pooler dense layer trains.
-        layer_pattern: a regex with one group capturing the layer index, for encoders
-            whose variables are named differently from the TF2 / TF1 BERT names.
-        reinit_layers: re-initialise the top k transformer layers with BERT's init
-            (truncated normal 0.02, biases 0, LayerNorm 1/0) after loading.
-        reinit_pooler: re-initialise the pooler too; `None` means "when reinit_layers > 0".
-        reinit_seed: seed of the re-initialisation draws.
-
-    Example:
-        >>> encoder = HubEncoder("minilm-l6", trainable_layers=2)
-        >>> print(encoder.trainable_report())
-    """
-
-    def __init__(self, handle: str, *, trainable_layers: TrainableSpec = "all",
-                 train_embeddings: Optional[bool] = None, train_pooler: bool = True,
-                 layer_pattern: Optional[str] = None, reinit_layers: int = 0,
-                 reinit_pooler: Optional[bool] = None, reinit_seed: Optional[int] = None,
-                 name: str = "encoder", **kwargs):
-        if not isinstance(handle, str) or not handle:
-            raise bad_argument("encoder", handle,
-                               "a preset name, URL, local folder or gs:// path")
-        self._requested_handle = handle
-        resolved = presets.resolve_encoder(handle)
-        check_local_handle(resolved)
-        try:
-            super().__init__(resolved, trainable=True, name=name, **kwargs)
-        except KbftError:
-            raise
-        except Exception as err:  # the hub resolver / loader raise many kinds
-            raise _load_error(handle, resolved, err) from err
-        self._layer_pattern = layer_pattern
-        self._groups = group_variables(self._func.trainable_variables, layer_pattern)
-        if not self._groups["embeddings"] and not self.num_layers:
-            raise KbftError(f"Encoder {handle!r} has no trainable variables to group.")
+    def _start_training_state(self, trainable_layers, train_embeddings, train_pooler,
+                              reinit_layers, reinit_pooler, reinit_seed) -> None:
+        """Trainable groups and re-initialisation, once the groups are known."""
         self._trainable_groups = set()
         self.set_trainable_layers(trainable_layers, train_embeddings=train_embeddings,
                                   train_pooler=train_pooler)
@@ -169,10 +131,6 @@ class HubEncoder(hub.KerasLayer):
     @property
     def num_layers(self) -> int:
         return sum(1 for g in self._groups if g.startswith("layer_"))
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self._func.trainable_variables[0].shape[-1])
 
     @property
     def max_seq_length(self) -> Optional[int]:
@@ -218,12 +176,6 @@ class HubEncoder(hub.KerasLayer):
             return []
         return [v for g in self.trainable_groups for v in self._groups[g]]
 
-    @property
-    def non_trainable_weights(self):
-        chosen = {id(v) for v in self.trainable_weights}
-        everything = self._trainable_weights + self._non_trainable_weights
-        return [v for v in everything if id(v) not in chosen]
-
     def trainable_report(self) -> str:
         """A table of trainable / frozen parameters per group."""
         return format_report(self.report_rows())
@@ -243,6 +195,65 @@ class HubEncoder(hub.KerasLayer):
                 "that share one layer across depth, like ALBERT, have none). Pass "
                 "layer_pattern=<regex with one group for the layer index>, or use "
                 "trainable_layers='all' or 'none'.")
+
+
+class HubEncoder(LayerGroups, hub.KerasLayer):
+    """A TF-Hub-format BERT encoder with per-layer trainability.
+
+    Args:
+        handle: a preset name (`"minilm-l6"`), a tfhub.dev/Kaggle URL, a local folder or
+            a `gs://` path of a BERT encoder SavedModel (inputs `input_word_ids`,
+            `input_mask`, `input_type_ids`; outputs `pooled_output`, `sequence_output`).
+        trainable_layers: `"all"`, `"none"`, an int k (the top k transformer layers) or a
+            list of layer indices.
+        train_embeddings: whether the embeddings train; `None` means "only when every
+            layer trains".
+        train_pooler: whether the pooler dense layer trains.
+        layer_pattern: a regex with one group capturing the layer index, for encoders
+            whose variables are named differently from the TF2 / TF1 BERT names.
+        reinit_layers: re-initialise the top k transformer layers with BERT's init
+            (truncated normal 0.02, biases 0, LayerNorm 1/0) after loading.
+        reinit_pooler: re-initialise the pooler too; `None` means "when reinit_layers > 0".
+        reinit_seed: seed of the re-initialisation draws.
+
+    Example:
+        >>> encoder = HubEncoder("minilm-l6", trainable_layers=2)
+        >>> print(encoder.trainable_report())
+    """
+
+    def __init__(self, handle: str, *, trainable_layers: TrainableSpec = "all",
+                 train_embeddings: Optional[bool] = None, train_pooler: bool = True,
+                 layer_pattern: Optional[str] = None, reinit_layers: int = 0,
+                 reinit_pooler: Optional[bool] = None, reinit_seed: Optional[int] = None,
+                 name: str = "encoder", **kwargs):
+        if not isinstance(handle, str) or not handle:
+            raise bad_argument("encoder", handle,
+                               "a preset name, URL, local folder or gs:// path")
+        self._requested_handle = handle
+        resolved = presets.resolve_encoder(handle)
+        check_local_handle(resolved)
+        try:
+            super().__init__(resolved, trainable=True, name=name, **kwargs)
+        except KbftError:
+            raise
+        except Exception as err:  # the hub resolver / loader raise many kinds
+            raise _load_error(handle, resolved, err) from err
+        self._layer_pattern = layer_pattern
+        self._groups = group_variables(self._func.trainable_variables, layer_pattern)
+        if not self._groups["embeddings"] and not self.num_layers:
+            raise KbftError(f"Encoder {handle!r} has no trainable variables to group.")
+        self._start_training_state(trainable_layers, train_embeddings, train_pooler,
+                                   reinit_layers, reinit_pooler, reinit_seed)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self._func.trainable_variables[0].shape[-1])
+
+    @property
+    def non_trainable_weights(self):
+        chosen = {id(v) for v in self.trainable_weights}
+        everything = self._trainable_weights + self._non_trainable_weights
+        return [v for v in everything if id(v) not in chosen]
 
 
 def format_report(rows) -> str:

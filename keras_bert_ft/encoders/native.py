@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from keras_bert_ft._keras import keras
 from keras_bert_ft.encoders import presets
-from keras_bert_ft.encoders.hub_encoder import (HubEncoder, TrainableSpec, _load_error,
+from keras_bert_ft.encoders.hub_encoder import (HubEncoder, LayerGroups, TrainableSpec, _load_error,
                                    check_local_handle, group_variables)
 from keras_bert_ft.errors import KbftError, bad_argument
 
@@ -34,7 +34,7 @@ class NotRecognised(KbftError):
     """The SavedModel is not a BERT encoder NativeEncoder can rebuild."""
 
 
-class NativeEncoder(keras.layers.Layer):
+class NativeEncoder(LayerGroups, keras.layers.Layer):
     """A BERT encoder from a TF-Hub SavedModel, rebuilt natively; HubEncoder's interface.
 
     Args: as `HubEncoder` (handle, trainable_layers, train_embeddings, train_pooler,
@@ -69,12 +69,8 @@ class NativeEncoder(keras.layers.Layer):
         self.vocab_path, self.do_lower_case = _vocab_info(restored)
         self.bert, self.activation = _rebuild(restored, probe, expected)
         self._groups = group_variables(self.bert.weights)
-        self._trainable_groups = set()
-        self.set_trainable_layers(trainable_layers, train_embeddings=train_embeddings,
-                                  train_pooler=train_pooler)
-        self.reinitialized_groups = []
-        if reinit_layers or reinit_pooler:
-            self.reinitialize(reinit_layers, pooler=reinit_pooler, seed=reinit_seed)
+        self._start_training_state(trainable_layers, train_embeddings, train_pooler,
+                                   reinit_layers, reinit_pooler, reinit_seed)
 
     def call(self, inputs, training=None):
         if not training or not self.frozen_inference:
@@ -104,19 +100,6 @@ class NativeEncoder(keras.layers.Layer):
             outputs.append(x)
         return {"sequence_output": x, "pooled_output": by_name["pooler_transform"](x[:, 0, :]),
                 "encoder_outputs": outputs}
-
-    # The same groups, reports and trainability rules as HubEncoder.
-    handle = HubEncoder.handle
-    num_layers = HubEncoder.num_layers
-    max_seq_length = HubEncoder.max_seq_length
-    layer_groups = HubEncoder.layer_groups
-    set_trainable_layers = HubEncoder.set_trainable_layers
-    trainable_groups = HubEncoder.trainable_groups
-    trainable_weights = HubEncoder.trainable_weights
-    trainable_report = HubEncoder.trainable_report
-    report_rows = HubEncoder.report_rows
-    reinitialize = HubEncoder.reinitialize
-    _require_layers = HubEncoder._require_layers
 
     @property
     def hidden_size(self) -> int:

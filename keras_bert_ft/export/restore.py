@@ -37,6 +37,19 @@ def restore(path: str, checkpoint: Optional[str] = None, name: str = "model"):
                        f"an export (with {METADATA_FILE})")
 
 
+def saved_config(path: str, name: str = "model"):
+    """(config, info) of the run folder or export at `path`, read without building
+    anything: what callers check the user's other input against before `restore`."""
+    if not isinstance(path, str) or not path:
+        raise bad_argument(name, path, "a kbft train --output folder or an export folder")
+    if os.path.isfile(os.path.join(path, METADATA_FILE)):
+        return _export_config(path, name)
+    if os.path.isfile(os.path.join(path, run_folder.RUN_CONFIG)):
+        return _split(run_folder.read_run_config(path, name))
+    raise bad_argument(name, path, "a kbft train --output folder (with run_config.json) or "
+                       f"an export (with {METADATA_FILE})")
+
+
 def is_restorable(path: str) -> bool:
     return isinstance(path, str) and any(
         os.path.isfile(os.path.join(path, f)) for f in (METADATA_FILE, run_folder.RUN_CONFIG))
@@ -56,6 +69,10 @@ def _rebuild(config, info, weights: str, reader: str, where: str):
     task = get_task(config.task)
     strategy = tf.distribute.get_strategy()
     model, encoder = build.build_model(task, config, info, strategy)
+    if info.get("members"):  # an ensemble: as many models, averaged
+        models = [model] + [build.build_model(task, config, info, strategy)[0]
+                            for _ in range(int(info["members"]) - 1)]
+        model = task.combine(models)
     restore_weights(model, weights, reader=reader, where=where)
     preprocessor = build.build_preprocessor(encoder, config, needs_vocab=task.needs_vocab)
     serving = task.serving(model, preprocessor, config, info)
@@ -88,15 +105,38 @@ def restore_run(run_dir: str, checkpoint: Optional[str] = None, name: str = "run
 
 def restore_export(export_dir: str, name: str = "model"):
     """The trainable model inside an export, rebuilt from the config it carries."""
+    config, info = _export_config(export_dir, name)
+    weights = os.path.join(export_dir, "variables", "variables")
+    return _rebuild(config, info, weights, "serving", f"export {export_dir!r}")
+
+
+def _export_config(export_dir: str, name: str):
+    """(config, info) of an export whose SavedModel is whole enough to serve."""
     meta = read_metadata(export_dir, name)
     if "config" not in meta:
         raise bad_argument(name, export_dir, "an export written by this version of "
                            "keras_bert_ft (its kbft_export.json carries no run config)")
+    check_saved_model(export_dir, name)
     info = {k: v for k, v in meta.items()
             if k not in ("config", "encoder", "inputs", "task", "seq_length")}
     config, _ = _split(meta["config"])
-    weights = os.path.join(export_dir, "variables", "variables")
-    return _rebuild(config, info, weights, "serving", f"export {export_dir!r}")
+    return config, info
+
+
+def check_saved_model(export_dir: str, name: str = "model") -> None:
+    """Refuses an export whose saved_model.pb is missing or not a SavedModel (truncated,
+    overwritten): its weights alone would restore, but it could not be served."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    path = os.path.join(export_dir, "saved_model.pb")
+    try:
+        with open(path, "rb") as f:
+            parsed = saved_model_pb2.SavedModel.FromString(f.read())
+        whole = bool(parsed.meta_graphs)
+    except Exception:  # OSError, protobuf's DecodeError
+        whole = False
+    if not whole:
+        raise bad_argument(name, export_dir, "a whole keras_bert_ft export (its "
+                           "saved_model.pb is missing, truncated or not a SavedModel)")
 
 
 def restore_weights(model, path: str, *, reader: str = "model", where: str = "") -> None:
@@ -115,11 +155,35 @@ def restore_weights(model, path: str, *, reader: str = "model", where: str = "")
         else:
             status = tf.train.Checkpoint(model=model).read(path)
         status.assert_existing_objects_matched()
+        saved = len(_saved_model_variables(path, reader))
     except (AssertionError, ValueError, tf.errors.OpError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         raise KbftError(f"The weights in {where or path} do not fit the model rebuilt from "
                         f"its config: {first}") from None
+    rebuilt = len({id(v) for v in model.variables})
+    if saved != rebuilt:  # e.g. a deeper encoder's layers left over: not this model's weights
+        raise KbftError(f"The weights in {where or path} do not fit the model rebuilt from "
+                        f"its config: they hold {saved} model variables, the model {rebuilt} "
+                        "(the encoder or head differs from the one they were trained with).")
     status.expect_partial()  # only the extra values are unread: every variable matched
+
+
+def _saved_model_variables(path: str, reader: str):
+    """The keys of the model's variables in a checkpoint or an export's variables: every
+    value but the optimizer's (slots, step, rate), the metrics' and, in an export, those
+    outside the model (the tokenizer's)."""
+    keys = []
+    for key, _ in tf.train.list_variables(path):
+        parts = key.split("/")
+        if not key.endswith("/.ATTRIBUTES/VARIABLE_VALUE") or "OPTIMIZER_SLOT" in parts:
+            continue
+        if reader == "serving":
+            if parts[0] != "model":
+                continue
+            parts = parts[1:]
+        if not {"optimizer", "keras_api", "save_counter"} & set(parts):
+            keys.append(key)
+    return keys
 
 
 def _latest_weights(folder: str) -> Optional[str]:

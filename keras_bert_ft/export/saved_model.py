@@ -30,17 +30,31 @@ def write_export(serving, export_dir: str, metadata: Optional[dict] = None,
     `export_dir` and renamed into place, so a crash never leaves a half-written export
     behind; an existing export is replaced only then, and a folder that is not an
     export is refused."""
+    check_export_dir(export_dir, name)
+    info = {**serving.info, "inputs": list(serving.input_names), **(metadata or {})}
+    atomic_write(export_dir, lambda tmp: _save(serving, tmp, info), name=name)
+    return export_dir
+
+
+def check_export_dir(export_dir: str, name: str = "export_dir") -> None:
+    """Refuses an export folder path that is a file, lies under a file or a folder this
+    user cannot write, or is a non-empty folder that is not an earlier export."""
     if not isinstance(export_dir, str) or not export_dir:
         raise bad_argument(name, export_dir, "a folder path")
-    if "://" not in export_dir and os.path.exists(export_dir):
+    if "://" in export_dir:
+        return
+    if os.path.exists(export_dir):
         if not os.path.isdir(export_dir):
             raise bad_argument(name, export_dir, "a folder path (it is a file)")
         if os.listdir(export_dir) and not os.path.isfile(os.path.join(export_dir, METADATA_FILE)):
             raise bad_argument(name, export_dir, "a new or empty folder, or an earlier "
                                "keras_bert_ft export to replace (it holds other files)")
-    info = {**serving.info, "inputs": list(serving.input_names), **(metadata or {})}
-    atomic_write(export_dir, lambda tmp: _save(serving, tmp, info), name=name)
-    return export_dir
+    parent = os.path.dirname(os.path.abspath(export_dir))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise bad_argument(name, export_dir, f"a folder path this user can write ({parent} "
+                           f"is {'not writable' if os.path.isdir(parent) else 'a file'})")
 
 
 def _save(serving, path: str, info: dict) -> None:
@@ -143,8 +157,9 @@ def read_metadata(export_dir: str, name: str = "export_dir") -> dict:
     try:
         with tf.io.gfile.GFile(path) as f:
             meta = json.load(f)
-    except json.JSONDecodeError as err:
-        raise KbftError(f"{path} is not valid JSON ({err}). Received: {name}={export_dir!r}") from None
+    except ValueError as err:  # not JSON, not text
+        raise KbftError(f"{path} is not valid JSON ({err}). Received: {name}={export_dir!r}",
+                        argument=name) from None
     if not isinstance(meta, dict) or "task" not in meta:
         raise bad_argument(name, export_dir, f"a keras_bert_ft export ({METADATA_FILE} names no task)")
     meta.setdefault("inputs", ["text", "text_pair"] if meta.get("pair") else ["text"])

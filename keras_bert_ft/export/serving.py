@@ -48,6 +48,29 @@ class TaskServing(tf.Module):
         return run_batches(lambda *b: self.serve_fn(*b), columns, batch_size)
 
 
+class ListServing(TaskServing):
+    """A serving whose examples are lists (sentences as words, documents as sentences):
+    `serve` splits raw strings and calls `serve_lists`, which `lists_fn` also runs on
+    lists given directly; subclasses implement both and `decode` (outputs -> rows)."""
+
+    def __init__(self, model, preprocessor, info: dict):
+        super().__init__(model, preprocessor, info)
+        self.lists_fn = tf.function(
+            self.serve_lists, input_signature=[tf.RaggedTensorSpec([None, None], tf.string)],
+            autograph=False)
+
+    def serve_lists(self, lists: tf.RaggedTensor) -> Dict[str, tf.Tensor]:
+        raise NotImplementedError
+
+    def decode(self, outputs) -> List[dict]:
+        raise NotImplementedError
+
+    def predict_lists(self, rows, batch_size: int = 32) -> List[dict]:
+        """Decoded outputs for examples given as lists (the graph of `serve`)."""
+        return [row for batch in run_lists(self.lists_fn, rows, batch_size)
+                for row in self.decode(batch)]
+
+
 def run_batches(fn: Callable, columns, batch_size: int) -> List[Dict[str, np.ndarray]]:
     """`fn` over equal-length string columns in batches of `batch_size`."""
     n = len(columns[0])
@@ -58,6 +81,17 @@ def run_batches(fn: Callable, columns, batch_size: int) -> List[Dict[str, np.nda
         batch = [tf.constant([str(x) for x in c[start:start + batch_size]], tf.string)
                  for c in columns]
         out.append({k: v.numpy() for k, v in fn(*batch).items()})
+    return out
+
+
+def run_lists(fn: Callable, rows, batch_size: int) -> List[Dict[str, np.ndarray]]:
+    """`fn` over `[batch, (items)]` ragged strings built from Python lists of lists
+    (sentences as words, documents as sentences), in batches: numpy outputs per batch."""
+    out = []
+    for start in range(0, len(rows), batch_size):
+        batch = tf.ragged.constant([list(r) for r in rows[start:start + batch_size]],
+                                   dtype=tf.string, ragged_rank=1)
+        out.append({k: v.numpy() for k, v in fn(batch).items()})
     return out
 
 

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from keras_bert_ft.errors import KbftError
+from keras_bert_ft.errors import KbftError, bad_argument
 from keras_bert_ft.research.representations import (LinearCKA, encode_texts, layer_features,
                                                     load_pair)
 
@@ -70,6 +70,11 @@ def diff_models(model_a: str, model_b: str, texts: List[str], *, texts_pair=None
         >>> figures = diff_models("minilm-l6", "runs/sst2", sentences[:500])
         >>> print(format_diff(figures))
     """
+    check_source(model_a, "model_a")
+    check_source(model_b, "model_b")
+    if not len(texts):
+        raise bad_argument("texts", list(texts), "at least one text to compare the "
+                           "representations on")
     a, b = load_pair(model_a, model_b, seq_length=seq_length)
     features = encode_texts(a.preprocessor, texts, texts_pair)
     changes = relative_changes(a.encoder.layer_groups(), b.encoder.layer_groups())
@@ -90,6 +95,25 @@ def diff_models(model_a: str, model_b: str, texts: List[str], *, texts_pair=None
         with open(output, "w") as f:
             json.dump(figures, f, indent=2)
     return figures
+
+
+def check_source(source, name: str = "model") -> None:
+    """Refuses, before anything is loaded, a source that is none of: a preset name, a URL
+    or gs:// path, an encoder folder (saved_model.pb), a run folder or an export (whose
+    saved config must read back)."""
+    from keras_bert_ft.encoders.hub_encoder import is_remote
+    from keras_bert_ft.encoders.presets import get_preset
+    from keras_bert_ft.export.restore import is_restorable, saved_config
+    expected = ("a preset name, a URL, an encoder folder (with saved_model.pb), a kbft "
+                "train --output folder or an export")
+    if not isinstance(source, str) or not source:
+        raise bad_argument(name, source, expected)
+    if is_restorable(source):
+        saved_config(source, name)
+    elif get_preset(source) is None and not is_remote(source) and not os.path.isfile(
+            os.path.join(source, "saved_model.pb")):
+        raise bad_argument(name, source, expected + (" (this path does not exist)"
+                                                     if not os.path.exists(source) else ""))
 
 
 def _summary(rows) -> dict:

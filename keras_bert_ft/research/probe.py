@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 
 from keras_bert_ft.errors import bad_argument
+from keras_bert_ft.research.diff import check_source
 from keras_bert_ft.tasks.scores import classification_metrics
 from keras_bert_ft.research.representations import all_layer_features, encode_texts, load_encoder
 
@@ -93,13 +94,15 @@ def probe_layers(model: str, train, validation, *, representation: str = "cls",
     from keras_bert_ft.data import examples as data_lib
     if representation not in ("cls", "mean"):
         raise bad_argument("representation", representation, "cls or mean")
+    check_source(model, "model")
     columns = dict(text_column=text_column, label_column=label_column,
                    text_pair_column=text_pair_column, encoding=encoding)
-    train_ex = train if isinstance(train, data_lib.Examples) else data_lib.load_examples(train, **columns)
+    train_ex = train if isinstance(train, data_lib.Examples) else data_lib.load_examples(
+        train, where="train", **columns)
     if max_train_examples:
         train_ex = train_ex.take(max_train_examples)
     val_ex = validation if isinstance(validation, data_lib.Examples) else data_lib.load_examples(
-        validation, label_names=train_ex.label_names, **columns)
+        validation, label_names=train_ex.label_names, where="validation", **columns)
     if max_eval_examples:
         val_ex = val_ex.take(max_eval_examples)
     loaded = load_encoder(model, seq_length=seq_length)

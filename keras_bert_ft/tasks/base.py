@@ -79,6 +79,11 @@ class Task:
     def build_model(self, encoder, config, info: dict):
         raise NotImplementedError
 
+    def combine(self, models):
+        """One model averaging `models` (an ensemble), for tasks that have ensembles."""
+        raise KbftError(f"Task {self.name!r} has no ensembles. Received: "
+                        f"members={len(models)}", argument="members")
+
     def loss(self, info: dict):
         raise NotImplementedError
 

@@ -42,15 +42,19 @@ class QAExample:
     title: str = ""
 
 
-def read_squad(path: str, where: str = "data") -> List[dict]:
+def read_squad(path: str, where: str = "data", encoding: str = "utf-8") -> List[dict]:
     """The articles (`data`) of a SQuAD v1.1 JSON file."""
     if not os.path.isfile(path):
         raise bad_argument(where, path, "an existing SQuAD JSON file (not found)")
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding=encoding) as f:
         try:
             payload = json.load(f)
         except json.JSONDecodeError as err:
             raise KbftError(f"Could not parse {path!r} as JSON: {err}") from None
+        except UnicodeDecodeError as err:
+            raise KbftError(f"File {path!r} is not valid {encoding} text ({err.reason} at "
+                            f"byte {err.start}); pass its encoding (--encoding). "
+                            f"Received: encoding={encoding!r}", argument="encoding") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
         raise bad_argument(where, path, 'a SQuAD JSON file ({"data": [articles]})')
     return payload["data"]
@@ -73,7 +77,7 @@ def squad_examples(articles: Sequence[dict]) -> List[QAExample]:
 def split_articles(source, train_articles: int = 38) -> Tuple[List[QAExample], List[QAExample]]:
     """(train, held out) questions of a SQuAD file split by article, in file order: the
     first `train_articles` articles train, the rest are held out (XQuAD: 38 / 10)."""
-    articles = read_squad(source) if isinstance(source, str) else list(source)
+    articles = read_squad(source, "train") if isinstance(source, str) else list(source)
     if not 0 < train_articles < len(articles):
         raise bad_argument("train_articles", train_articles,
                            f"an int in [1, {len(articles) - 1}] (the file has "
@@ -81,11 +85,11 @@ def split_articles(source, train_articles: int = 38) -> Tuple[List[QAExample], L
     return squad_examples(articles[:train_articles]), squad_examples(articles[train_articles:])
 
 
-def load_squad(source, where: str = "data") -> List[QAExample]:
+def load_squad(source, where: str = "data", encoding: str = "utf-8") -> List[QAExample]:
     """`QAExample`s from a SQuAD JSON path, a list of SQuAD articles, a list of
     `QAExample`, or records `{"question", "context", "answers", "answer_starts"}`."""
     if isinstance(source, (str, os.PathLike)):
-        return squad_examples(read_squad(os.fspath(source), where))
+        return squad_examples(read_squad(os.fspath(source), where, encoding))
     rows = base.as_list(source, where)
     if all(isinstance(r, QAExample) for r in rows):
         return rows
@@ -375,7 +379,8 @@ class QATask(base.Task):
     primary_metric = "f1"
 
     def read(self, source, config, info=None, where=None):
-        return load_squad(source, where=where or ("train" if info is None else "validation"))
+        return load_squad(source, where=where or ("train" if info is None else "validation"),
+                          encoding=config.encoding)
 
     def augment(self, train, config):
         if not config.cloze:
@@ -394,6 +399,9 @@ class QATask(base.Task):
 
     def build_model(self, encoder, config, info):
         return build_span_model(encoder, config.dropout, config.head_units)
+
+    def combine(self, models):
+        return SpanEnsemble(models)
 
     def loss(self, info):
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -480,8 +488,9 @@ def ensemble_qa(members: Sequence, validation=None):
     if validation is not None:
         metrics.update(evaluate(serving, load_squad(validation)))
     from keras_bert_ft.training.runner import FineTuneResult
-    return FineTuneResult(model=model, serving=serving, config=first.config, info=first.info,
-                          history={}, metrics=metrics, strategy=first.strategy)
+    return FineTuneResult(model=model, serving=serving, config=first.config,
+                          info=dict(first.info, members=len(members)), history={},
+                          metrics=metrics, strategy=first.strategy)
 
 
 def restore_qa(weights: str, config=None, *, strategy=None, **overrides):

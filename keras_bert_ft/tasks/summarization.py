@@ -26,7 +26,7 @@ from keras_bert_ft.tasks import heads
 from keras_bert_ft.errors import KbftError, bad_argument
 from keras_bert_ft.tasks.models import FineTuneModel, encoder_inputs
 from keras_bert_ft.data.preprocessing import trim_to_longest
-from keras_bert_ft.export.serving import TaskServing
+from keras_bert_ft.export.serving import ListServing
 from keras_bert_ft.tasks import base
 from keras_bert_ft.tasks.metrics import rouge_n, rouge_scores, rouge_tokens
 
@@ -195,7 +195,7 @@ def build_extractor(encoder, dropout: float = 0.1, head_units=()) -> FineTuneMod
                          name="extractive_summarizer")
 
 
-class SummarizationServing(TaskServing):
+class SummarizationServing(ListServing):
     """`serving_default(document)` -> `summary` (the chosen sentences joined by a space,
     in document order), `sentences` and `sentence_ids` `[batch, top_k]` ("" / -1
     padding), `scores` per split sentence (-1 when left out) and `num_sentences`."""
@@ -206,11 +206,8 @@ class SummarizationServing(TaskServing):
     def __init__(self, model, preprocessor, top_k: int):
         self.top_k = int(top_k)
         super().__init__(model, preprocessor, {"top_k": self.top_k})
-        self.sentences_fn = tf.function(
-            self.summarize, input_signature=[tf.RaggedTensorSpec([None, None], tf.string)],
-            autograph=False)
 
-    def summarize(self, sentences: tf.RaggedTensor):
+    def serve_lists(self, sentences: tf.RaggedTensor):
         features, positions = pack_sentences(self.preprocessor, sentences,
                                              self.preprocessor.seq_length)
         positions = positions.to_tensor(default_value=-1)
@@ -232,16 +229,10 @@ class SummarizationServing(TaskServing):
                 "num_sentences": tf.cast(sentences.row_lengths(), tf.int32)}
 
     def serve(self, document):
-        return self.summarize(tf_split_sentences(document))
+        return self.serve_lists(tf_split_sentences(document))
 
-    def predict_sentences(self, documents: Sequence[Sequence[str]], batch_size: int = 32):
-        """Chosen sentences for documents given as sentence lists (the graph of `serve`)."""
-        out = []
-        for start in range(0, len(documents), batch_size):
-            batch = tf.ragged.constant([list(d) for d in documents[start:start + batch_size]],
-                                       dtype=tf.string, ragged_rank=1)
-            out.extend(decode({k: v.numpy() for k, v in self.sentences_fn(batch).items()}))
-        return out
+    def decode(self, outputs):
+        return decode(outputs)
 
 
 def decode(outputs) -> List[dict]:
@@ -283,7 +274,7 @@ def featurize(preprocessor, documents: Sequence[Document], seq_length: int,
 def evaluate(serving: SummarizationServing, documents: Sequence[Document]) -> dict:
     """ROUGE-1/2/L of the chosen sentences against each reference, and the F1 of the
     chosen sentence set against the oracle labels (when given)."""
-    rows = serving.predict_sentences([d.sentences for d in documents])
+    rows = serving.predict_lists([d.sentences for d in documents])
     metrics = rouge_scores([r["summary"] for r in rows], [d.target for d in documents])
     hits = chosen = gold = 0
     for row, doc in zip(rows, documents):
@@ -346,7 +337,7 @@ class SummarizationTask(base.Task):
         if all(isinstance(d, str) for d in documents):
             return [row for batch in serving.run(documents, batch_size=batch_size)
                     for row in decode(batch)]
-        return serving.predict_sentences(documents, batch_size)
+        return serving.predict_lists(documents, batch_size)
 
 
 def _name(source) -> str:

@@ -20,7 +20,7 @@ from keras_bert_ft.tasks import heads
 from keras_bert_ft.errors import KbftError, bad_argument
 from keras_bert_ft.tasks.models import FineTuneModel, encoder_inputs
 from keras_bert_ft.data.preprocessing import trim_to_longest
-from keras_bert_ft.export.serving import TaskServing
+from keras_bert_ft.export.serving import ListServing
 from keras_bert_ft.tasks import base
 from keras_bert_ft.tasks.metrics import tagging_metrics
 
@@ -46,20 +46,26 @@ def read_conll(path: str, encoding: str = "utf-8", where: str = "data") -> Tagge
     if not os.path.isfile(path):
         raise bad_argument(where, path, "an existing CoNLL file (not found)")
     words, tags, sentence, sentence_tags = [], [], [], []
-    with open(path, encoding=encoding) as f:
-        for number, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts or parts[0] == "-DOCSTART-":
-                if sentence:
-                    words.append(sentence)
-                    tags.append(sentence_tags)
-                sentence, sentence_tags = [], []
-                continue
-            if len(parts) < 2:
-                raise KbftError(f"{path}:{number}: expected a word and a tag, separated by "
-                                f"whitespace. Received: line={line.rstrip()!r}")
-            sentence.append(parts[0])
-            sentence_tags.append(parts[-1])
+    try:
+        with open(path, encoding=encoding) as f:
+            lines = f.readlines()
+    except UnicodeDecodeError as err:
+        raise KbftError(f"File {path!r} is not valid {encoding} text ({err.reason} at byte "
+                        f"{err.start}); pass its encoding (--encoding). Received: "
+                        f"encoding={encoding!r}", argument="encoding") from None
+    for number, line in enumerate(lines, 1):
+        parts = line.split()
+        if not parts or parts[0] == "-DOCSTART-":
+            if sentence:
+                words.append(sentence)
+                tags.append(sentence_tags)
+            sentence, sentence_tags = [], []
+            continue
+        if len(parts) < 2:
+            raise KbftError(f"{path}:{number}: expected a word and a tag, separated by "
+                            f"whitespace. Received: line={line.rstrip()!r}")
+        sentence.append(parts[0])
+        sentence_tags.append(parts[-1])
     if sentence:
         words.append(sentence)
         tags.append(sentence_tags)
@@ -111,7 +117,7 @@ def encode_words(preprocessor, words: tf.RaggedTensor, seq_length: int):
     return preprocessor.pack([per_sentence], seq_length), first
 
 
-class TaggingServing(TaskServing):
+class TaggingServing(ListServing):
     """`serving_default(text)`: whitespace words, their tags and tag ids, `num_words`."""
 
     task = "tagging"
@@ -120,11 +126,8 @@ class TaggingServing(TaskServing):
     def __init__(self, model, preprocessor, tag_names: Sequence[str]):
         self.tag_names = tf.constant(list(tag_names), tf.string)
         super().__init__(model, preprocessor, {"tag_names": list(tag_names)})
-        self.words_fn = tf.function(
-            self.tag_words, input_signature=[tf.RaggedTensorSpec([None, None], tf.string)],
-            autograph=False)
 
-    def tag_words(self, words: tf.RaggedTensor):
+    def serve_lists(self, words: tf.RaggedTensor):
         features, first = encode_words(self.preprocessor, words, self.preprocessor.seq_length)
         probabilities = tf.nn.softmax(tf.cast(
             self.model(trim_to_longest(features), training=False), tf.float32), axis=-1)
@@ -139,16 +142,10 @@ class TaggingServing(TaskServing):
                 "num_words": tf.cast(words.row_lengths(), tf.int32)}
 
     def serve(self, text):
-        return self.tag_words(tf_text_words(text))
+        return self.serve_lists(tf_text_words(text))
 
-    def predict_words(self, words: Sequence[Sequence[str]], batch_size: int = 32):
-        """Tags for sentences given as word lists (the same graph as `serve`)."""
-        out = []
-        for start in range(0, len(words), batch_size):
-            batch = tf.ragged.constant([list(w) for w in words[start:start + batch_size]],
-                                       dtype=tf.string, ragged_rank=1)
-            out.extend(decode({k: v.numpy() for k, v in self.words_fn(batch).items()}))
-        return out
+    def decode(self, outputs):
+        return decode(outputs)
 
 
 def tf_text_words(texts) -> tf.RaggedTensor:
@@ -199,7 +196,7 @@ def featurize(preprocessor, sentences: TaggedSentences, tag_index: dict, seq_len
 
 
 def evaluate(serving: TaggingServing, sentences: TaggedSentences) -> dict:
-    predicted = [row["tags"] for row in serving.predict_words(sentences.words)]
+    predicted = [row["tags"] for row in serving.predict_lists(sentences.words)]
     metrics = tagging_metrics(sentences.tags, predicted)
     metrics["eval_sentences"] = len(sentences)
     return metrics

@@ -94,8 +94,9 @@ def read_run_config(run_dir: str, name: str = "run") -> dict:
     try:
         with open(path) as f:
             return json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise KbftError(f"{path} is not readable JSON ({err}). Received: {name}={run_dir!r}") from None
+    except (OSError, ValueError) as err:  # unreadable, not text, not JSON
+        raise KbftError(f"{path} is not readable JSON ({err}). Received: {name}={run_dir!r}",
+                        argument=name) from None
 
 
 def write_json(path: str, payload) -> None:

@@ -129,7 +129,9 @@ class FineTuneResult:
 
 
 def export_metadata(config: FineTuneConfig, info: dict) -> dict:
-    return {"encoder": config.encoder, "config": to_json(config)}
+    """What `kbft_export.json` carries besides the serving's own description: the task's
+    `info` and the whole config, from which `export.restore` rebuilds the model."""
+    return {**info, "encoder": config.encoder, "config": to_json(config)}
 
 
 def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *,
