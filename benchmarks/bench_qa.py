@@ -24,8 +24,8 @@ DATA = os.path.join(HERE, "..", "..", "shared", "data", "xquad", "xquad.en.json"
 def HeldOutScores(config, examples):
     """A callback scoring the held-out questions after each epoch (exact match, F1)."""
     from keras_bert_ft._keras import keras
-    from keras_bert_ft.tasks import common
     from keras_bert_ft.tasks.qa import QAServing, evaluate
+    from keras_bert_ft.training.build import build_preprocessor
 
     class _Scores(keras.callbacks.Callback):
         def __init__(self):
@@ -33,7 +33,7 @@ def HeldOutScores(config, examples):
             self.scores = []
 
         def on_epoch_end(self, epoch, logs=None):
-            preprocessor = common.task_preprocessor(self.model.encoder, config)
+            preprocessor = build_preprocessor(self.model.encoder, config, needs_vocab=True)
             m = evaluate(QAServing(self.model, preprocessor, config), examples)
             self.scores.append({"epoch": epoch + 1, "exact_match": round(m["exact_match"], 4),
                                 "f1": round(m["f1"], 4)})
@@ -62,6 +62,8 @@ def main(argv=None) -> int:
     parser.add_argument("--doc-stride", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--dropout", type=float, default=0.0,
+                        help="dropout before the span logits (the recorded runs had none)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--warmup-ratio", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
@@ -96,8 +98,8 @@ def main(argv=None) -> int:
         return 2
     train, held_out = split
 
+    from keras_bert_ft.config import FineTuneConfig
     from keras_bert_ft.tasks.qa import fine_tune_qa
-    from keras_bert_ft.tasks import common
 
     settings = dict(encoder=args.encoder, seq_length=args.seq_length,
                     doc_stride=args.doc_stride, epochs=args.epochs,
@@ -109,10 +111,10 @@ def main(argv=None) -> int:
                     encoder_impl=args.encoder_impl, mixed_precision=args.mixed_precision,
                     encoder_learning_rate=args.encoder_learning_rate,
                     layer_decay=args.layer_decay, cloze=args.cloze,
-                    cloze_per_sentence=args.cloze_per_sentence)
+                    cloze_per_sentence=args.cloze_per_sentence, dropout=args.dropout)
     callbacks = []
     if args.eval_every_epoch:
-        callbacks.append(HeldOutScores(common.TaskConfig(**settings), held_out))
+        callbacks.append(HeldOutScores(FineTuneConfig(task="qa", **settings), held_out))
     start = time.time()
     result = fine_tune_qa(train, held_out, verbose=2, callbacks=callbacks, **settings)
     wall = time.time() - start

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from keras_bert_ft import cli
+from keras_bert_ft.config import FineTuneConfig, to_json
 from keras_bert_ft.research import sweep
 from keras_bert_ft.research.diff import diff_models
 from keras_bert_ft.encoders.hub_encoder import HubEncoder
@@ -62,11 +63,13 @@ def tuned(tmp_path_factory, encoder2, vocab_file):
         v.assign(v.numpy() + 0.5 * rng.randn(*v.shape).astype(np.float32))
     run = root / "run"
     model.save_weights(str(run / "checkpoints" / "ckpt-001"))
+    config = to_json(FineTuneConfig(encoder=encoder2, encoder_impl="hub", seq_length=16,
+                                    preprocessor=vocab_file))
     (run / "run_config.json").write_text(json.dumps(
-        {"encoder": encoder2, "label_names": ["neg", "pos"], "pair": False}))
+        {**config, "label_names": ["neg", "pos"], "pair": False}))
     export = export_saved_model(model, Preprocessor.from_vocab(vocab_file, seq_length=16),
                                 str(root / "export"), ["neg", "pos"],
-                                metadata={"encoder": encoder2})
+                                metadata={"encoder": encoder2, "config": config})
     return str(run), export
 
 

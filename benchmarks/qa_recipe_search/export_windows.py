@@ -45,15 +45,19 @@ def main(argv=None) -> int:
     from safetensors.numpy import load_file
     from keras_bert_ft.encoders import presets
     from keras_bert_ft.data.preprocessing import Preprocessor
-    from keras_bert_ft.tasks import common
+    from keras_bert_ft.config import FineTuneConfig
+    from keras_bert_ft.data.preprocessing import INPUT_KEYS
+    from keras_bert_ft.encoders.native import make_encoder
+    from keras_bert_ft.tasks.base import pad_features
     from keras_bert_ft.tasks.qa import cloze_questions, featurize, make_windows, split_articles
 
     os.makedirs(args.out, exist_ok=True)
     save = lambda name, **a: np.savez_compressed(os.path.join(args.out, name), **a)
-    config = common.TaskConfig(seq_length=SEQ_LENGTH, doc_stride=DOC_STRIDE,
-                               max_query_length=MAX_QUERY)
-    encoder = common.build_encoder(config, tf.distribute.get_strategy())
-    preprocessor = common.task_preprocessor(encoder, config)
+    from keras_bert_ft.training.build import build_preprocessor
+    config = FineTuneConfig(task="qa", seq_length=SEQ_LENGTH, doc_stride=DOC_STRIDE,
+                            max_query_length=MAX_QUERY)
+    encoder = make_encoder(config.encoder, config.encoder_impl)
+    preprocessor = build_preprocessor(encoder, config, needs_vocab=True)
 
     train, _ = split_articles(args.data, args.train_articles)  # the held-out 10 stay unread
     titles = list(dict.fromkeys(e.title for e in train))
@@ -74,7 +78,7 @@ def main(argv=None) -> int:
     windows = make_windows(preprocessor, tf.constant([e.question for e in dev]),
                            tf.constant([e.context for e in dev]), seq_length=SEQ_LENGTH,
                            doc_stride=DOC_STRIDE, max_query_length=MAX_QUERY)
-    features = common.pad_features(windows["features"], SEQ_LENGTH)
+    features = pad_features(windows["features"], SEQ_LENGTH)
     save("dev.npz", **arrays(features, example=windows["example"].numpy().astype(np.int32),
                              starts=windows["starts"].numpy().astype(np.int32),
                              ends=windows["ends"].numpy().astype(np.int32),
@@ -84,7 +88,7 @@ def main(argv=None) -> int:
 
     # The TF encoder's output on 4 dev windows: replica.py --sanity compares against it.
     first = {k: tf.constant(v[:4].astype(np.int32)) for k, v in features.items()
-             if k in common.INPUT_KEYS}
+             if k in INPUT_KEYS}
     save("ref.npz", seq=encoder(first, training=False)["sequence_output"].numpy())
     weights = load_file(os.path.join(presets._source_dir("minilm-l6"), "model.safetensors"))
     np.savez(os.path.join(args.out, "minilm_fp16.npz"),  # fp16: the device carry is 64 MiB
