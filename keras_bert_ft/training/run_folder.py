@@ -28,19 +28,35 @@ def is_run_folder(path: str) -> bool:
     return any(os.path.exists(os.path.join(path, name)) for name in (MARKER, RUN_CONFIG))
 
 
-def prepare(output_dir: str, overwrite: bool = False, name: str = "output_dir") -> None:
-    """Makes `output_dir` a run folder: creates it, or accepts an empty folder or one of
-    ours; a file, an unwritable place or someone else's non-empty folder is refused
-    (`overwrite` replaces the latter)."""
+def check(output_dir: str, overwrite: bool = False, name: str = "output_dir") -> bool:
+    """Whether `output_dir` may become a run folder (True: it holds someone else's files
+    that `overwrite` replaces); a file, or someone else's non-empty folder without
+    `overwrite`, is refused. Writes nothing."""
     if "://" in output_dir:  # object stores: no folders to protect
-        return
+        return False
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise bad_argument(name, output_dir, "a folder (it is a file)")
+    if not os.path.isdir(parent):
+        raise bad_argument(name, output_dir, f"a folder path ({parent} is a file)")
     if os.path.isdir(output_dir) and os.listdir(output_dir) and not is_run_folder(output_dir):
         if not overwrite:
             raise bad_argument(name, output_dir, "a new or empty folder, or a kbft run folder "
                                "(it holds other files; pass overwrite / --overwrite to "
                                "replace them)")
+        return True
+    return False
+
+
+def prepare(output_dir: str, overwrite: bool = False, name: str = "output_dir") -> None:
+    """Makes `output_dir` a run folder: creates it, or accepts an empty folder or one of
+    ours; a file, an unwritable place or someone else's non-empty folder is refused
+    (`overwrite` replaces the latter)."""
+    if "://" in output_dir:
+        return
+    if check(output_dir, overwrite, name):
         shutil.rmtree(output_dir)
     try:
         os.makedirs(output_dir, exist_ok=True)

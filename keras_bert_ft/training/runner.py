@@ -164,8 +164,8 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
     config = make_config(config, **overrides)
     _check_callbacks(callbacks)
     task = get_task(config.task)
-    if config.output_dir:
-        run_folder.prepare(config.output_dir, overwrite=config.overwrite)
+    if config.output_dir:  # refused before anything is read or built
+        run_folder.check(config.output_dir, overwrite=config.overwrite)
     if config.deterministic:
         enable_determinism(config.seed)
     else:
@@ -173,6 +173,8 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
     train_data, info, val_data = read_data(task, train, validation, config)
     strategy = ensure_strategy(strategy or config.strategy, config.tpu_address)
     config = tpu.resolve_hardware_settings(config, strategy)
+    if config.output_dir:
+        run_folder.prepare(config.output_dir, overwrite=config.overwrite)
     model, encoder = build.build_model(task, config, info, strategy,
                                        tpu.encoder_load_kwargs(config.encoder, strategy))
     preprocessor = build.build_preprocessor(encoder, config, needs_vocab=task.needs_vocab)
