@@ -110,8 +110,9 @@ def check_source(source, name: str = "model") -> None:
         raise bad_argument(name, source, expected)
     if is_restorable(source):
         saved_config(source, name)
-    elif get_preset(source) is None and not is_remote(source) and not os.path.isfile(
-            os.path.join(source, "saved_model.pb")):
+    elif get_preset(source) is None and not is_remote(source) and not any(
+            os.path.isfile(os.path.join(source, f)) for f in ("saved_model.pb",
+                                                              "saved_model.pbtxt")):
         raise bad_argument(name, source, expected + (" (this path does not exist)"
                                                      if not os.path.exists(source) else ""))
 
