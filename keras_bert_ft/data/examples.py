@@ -195,16 +195,22 @@ def encode_labels(values: list, label_names: Optional[Sequence[str]] = None, *,
     """Label values -> (int ids, names). Names are sorted (numerically for numbers)."""
     check_filled(values, where, "labels", "<labels>", labels=True)
     keys = [_label_key(v) for v in values]
-    if label_names is None:
-        unique = sorted(set(keys), key=_sort_key)
-    else:
-        unique = [str(n) for n in label_names]
-        unseen = sorted(set(keys) - set(unique), key=_sort_key)
-        if unseen:
-            raise KbftError(f"{where} has labels unseen in training: {unseen[:10]} "
-                            f"(training labels: {unique[:20]}).")
+    unique = label_vocabulary(keys, label_names, where)
     index = {k: i for i, k in enumerate(unique)}
     return np.array([index[k] for k in keys], dtype=np.int32), unique
+
+
+def label_vocabulary(seen, label_names: Optional[Sequence[str]], where: str) -> List[str]:
+    """The label names: those `seen` (sorted, numerically for numbers) for training data,
+    else `label_names`, which must hold every label seen."""
+    if label_names is None:
+        return sorted(set(seen), key=_sort_key)
+    unique = [str(n) for n in label_names]
+    unseen = sorted(set(seen) - set(unique), key=_sort_key)
+    if unseen:
+        raise KbftError(f"{where} has labels unseen in training: {unseen[:10]} "
+                        f"(training labels: {unique[:20]}).")
+    return unique
 
 
 def encode_task_labels(values: list, task: str = "classification",
@@ -225,17 +231,9 @@ def encode_multilabels(values: list, label_names: Optional[Sequence[str]] = None
     """Per-example label lists (or `separator`-joined strings; empty = no label) ->
     (multi-hot float32 `[n, num_labels]`, names)."""
     rows = [_label_set(v, separator) for v in values]
-    seen = sorted({k for row in rows for k in row}, key=_sort_key)
-    if label_names is None:
-        unique = seen
-        if not unique:
-            raise KbftError(f"{where} has no labels at all (multilabel).")
-    else:
-        unique = [str(n) for n in label_names]
-        unseen = sorted(set(seen) - set(unique), key=_sort_key)
-        if unseen:
-            raise KbftError(f"{where} has labels unseen in training: {unseen[:10]} "
-                            f"(training labels: {unique[:20]}).")
+    unique = label_vocabulary([k for row in rows for k in row], label_names, where)
+    if not unique:
+        raise KbftError(f"{where} has no labels at all (multilabel).")
     index = {k: i for i, k in enumerate(unique)}
     hot = np.zeros((len(rows), len(unique)), dtype=np.float32)
     for i, row in enumerate(rows):

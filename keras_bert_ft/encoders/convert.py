@@ -24,6 +24,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from keras_bert_ft.paths import check_output_folder
 from keras_bert_ft.errors import KbftError, bad_argument
 
 ENCODER_DIR = "encoder"
@@ -63,7 +64,7 @@ def convert_hf_bert(src_dir: str, out_dir: str, *, seq_length: int = 128,
     errors call the two folders (the CLI passes its flags' names).
     """
     _check_seq_length(seq_length)
-    _check_out_dir(out_dir, overwrite, out_name)
+    check_output_folder(out_dir, out_name, overwrite=overwrite)
     source = read_hf_bert(src_dir, do_lower_case=do_lower_case, name=src_name)
     return _write(source, out_dir, seq_length=seq_length, overwrite=overwrite,
                   name=out_name)
@@ -79,7 +80,7 @@ def convert_tf1_bert(src_dir: str, out_dir: str, *, seq_length: int = 128,
     `convert_hf_bert`.
     """
     _check_seq_length(seq_length)
-    _check_out_dir(out_dir, overwrite, out_name)
+    check_output_folder(out_dir, out_name, overwrite=overwrite)
     source = read_tf1_bert(src_dir, do_lower_case=do_lower_case, name=src_name)
     return _write(source, out_dir, seq_length=seq_length, overwrite=overwrite,
                   name=out_name)
@@ -506,23 +507,6 @@ def _check_src_dir(src_dir, name="src_dir"):
         raise bad_argument(name, src_dir, "an existing folder" + (
             " (it is a file)" if isinstance(src_dir, (str, os.PathLike))
             and os.path.exists(src_dir) else ""))
-
-
-def _check_out_dir(out_dir, overwrite, name="out_dir"):
-    if not isinstance(out_dir, (str, os.PathLike)) or not str(out_dir):
-        raise bad_argument(name, out_dir, "a folder path")
-    if os.path.exists(out_dir):
-        if not os.path.isdir(out_dir):
-            raise bad_argument(name, out_dir, "a folder path, not a file")
-        if os.listdir(out_dir) and not overwrite:
-            raise bad_argument(name, out_dir, "a new or empty folder (pass overwrite=True, "
-                               "CLI: --overwrite, to replace it)")
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-        raise bad_argument(name, out_dir, f"a folder path this user can write ({parent} is "
-                           f"{'not writable' if os.path.isdir(parent) else 'a file'})")
 
 
 def _require_file(src_dir, file, name="src_dir") -> str:

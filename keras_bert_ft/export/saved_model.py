@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_bert_ft.errors import KbftError, bad_argument
+from keras_bert_ft.paths import check_output_folder
 from keras_bert_ft.export.serving import concat_batches, run_batches
 
 METADATA_FILE = "kbft_export.json"
@@ -39,22 +40,8 @@ def write_export(serving, export_dir: str, metadata: Optional[dict] = None,
 def check_export_dir(export_dir: str, name: str = "export_dir") -> None:
     """Refuses an export folder path that is a file, lies under a file or a folder this
     user cannot write, or is a non-empty folder that is not an earlier export."""
-    if not isinstance(export_dir, str) or not export_dir:
-        raise bad_argument(name, export_dir, "a folder path")
-    if "://" in export_dir:
-        return
-    if os.path.exists(export_dir):
-        if not os.path.isdir(export_dir):
-            raise bad_argument(name, export_dir, "a folder path (it is a file)")
-        if os.listdir(export_dir) and not os.path.isfile(os.path.join(export_dir, METADATA_FILE)):
-            raise bad_argument(name, export_dir, "a new or empty folder, or an earlier "
-                               "keras_bert_ft export to replace (it holds other files)")
-    parent = os.path.dirname(os.path.abspath(export_dir))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-        raise bad_argument(name, export_dir, f"a folder path this user can write ({parent} "
-                           f"is {'not writable' if os.path.isdir(parent) else 'a file'})")
+    check_output_folder(export_dir, name, what="an earlier keras_bert_ft export to replace",
+                        ours=lambda p: os.path.isfile(os.path.join(p, METADATA_FILE)))
 
 
 def _save(serving, path: str, info: dict) -> None:

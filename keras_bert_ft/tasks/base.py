@@ -166,7 +166,5 @@ def as_list(value, name: str) -> List:
 
 
 def check_labels_known(values, known, where: str) -> None:
-    unseen = sorted(set(values) - set(known))
-    if unseen:
-        raise KbftError(f"{where} has labels unseen in training: {unseen[:10]} "
-                        f"(training labels: {list(known)[:20]}).")
+    from keras_bert_ft.data.examples import label_vocabulary
+    label_vocabulary(values, known, where)

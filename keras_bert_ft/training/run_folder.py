@@ -18,6 +18,7 @@ import numpy as np
 from keras_bert_ft._keras import keras
 from keras_bert_ft.config import to_json
 from keras_bert_ft.errors import KbftError, bad_argument
+from keras_bert_ft.paths import check_output_folder
 from keras_bert_ft.training.strategy import is_chief
 
 MARKER = ".kbft-run"
@@ -30,24 +31,9 @@ def is_run_folder(path: str) -> bool:
 
 def check(output_dir: str, overwrite: bool = False, name: str = "output_dir") -> bool:
     """Whether `output_dir` may become a run folder (True: it holds someone else's files
-    that `overwrite` replaces); a file, or someone else's non-empty folder without
-    `overwrite`, is refused. Writes nothing."""
-    if "://" in output_dir:  # object stores: no folders to protect
-        return False
-    parent = os.path.dirname(os.path.abspath(output_dir))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise bad_argument(name, output_dir, "a folder (it is a file)")
-    if not os.path.isdir(parent):
-        raise bad_argument(name, output_dir, f"a folder path ({parent} is a file)")
-    if os.path.isdir(output_dir) and os.listdir(output_dir) and not is_run_folder(output_dir):
-        if not overwrite:
-            raise bad_argument(name, output_dir, "a new or empty folder, or a kbft run folder "
-                               "(it holds other files; pass overwrite / --overwrite to "
-                               "replace them)")
-        return True
-    return False
+    that `overwrite` replaces). Writes nothing."""
+    return check_output_folder(output_dir, name, ours=is_run_folder, overwrite=overwrite,
+                               what="a kbft run folder")
 
 
 def prepare(output_dir: str, overwrite: bool = False, name: str = "output_dir") -> None:

@@ -1,0 +1,40 @@
+"""The one rule for output folders: never delete or overwrite what the toolkit did not write.
+
+Run folders, exports and conversions all check their output path here before anything is
+read or built: a file, a path under a file or an unwritable folder is refused, and an
+existing non-empty folder is accepted only when it is one of the toolkit's own (`ours`)
+or the user asked to `overwrite` it.
+"""
+
+import os
+from typing import Callable
+
+from keras_bert_ft.errors import bad_argument
+
+
+def check_output_folder(path, name: str, *, ours: Callable[[str], bool] = lambda p: False,
+                        overwrite: bool = False, what: str = "") -> bool:
+    """Refuses `path` as an output folder unless it is new, empty, ours, or to be
+    overwritten; returns True when it holds someone else's files that `overwrite`
+    replaces. `what` names what the folder may already be (e.g. "an earlier export")."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise bad_argument(name, path, "a folder path")
+    path = os.fspath(path)
+    if "://" in path:  # object stores: no folders to protect, no rename
+        return False
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise bad_argument(name, path, "a folder path (it is a file)")
+        if os.listdir(path) and not ours(path):
+            if not overwrite:
+                also = f", or {what}" if what else ""
+                raise bad_argument(name, path, f"a new or empty folder{also} (it holds other "
+                                   "files; pass overwrite / --overwrite to replace them)")
+            return True
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise bad_argument(name, path, f"a folder path this user can write ({parent} is "
+                           f"{'not writable' if os.path.isdir(parent) else 'a file'})")
+    return False
