@@ -242,6 +242,9 @@ def validate(config: FineTuneConfig) -> None:
         raise bad_argument("trainable_layers", config.trainable_layers,
                            "'none' or an int k (the layers trainable before gradual "
                            "unfreezing adds more)")
+    if config.tpu_address and config.strategy not in ("auto", "tpu"):
+        raise bad_argument("tpu_address", config.tpu_address, f"empty unless strategy is "
+                           f"auto or tpu (strategy={config.strategy!r} uses no TPU)")
     if config.task == "qa" and config.max_query_length > config.seq_length - 4:
         raise bad_argument("max_query_length", config.max_query_length,
                            f"<= seq_length - 4 = {config.seq_length - 4}, leaving room "

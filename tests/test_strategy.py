@@ -33,3 +33,9 @@ def test_errors_missing_hardware(kind):
 def test_errors_bad_kind():
     with pytest.raises(KbftError, match=r"one of auto, tpu, gpu, mirrored, cpu.*Received: strategy='tpuu'"):
         get_strategy("tpuu")
+
+
+def test_tpu_address_needs_a_tpu_strategy():
+    from keras_bert_ft.config import make_config
+    with pytest.raises(KbftError, match="Received: tpu_address='local'"):
+        make_config(strategy="cpu", tpu_address="local")

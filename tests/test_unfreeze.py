@@ -98,3 +98,19 @@ def test_errors_bad_arguments(encoder2):
     assert GradualUnfreezing(max_layers=1, encoder=encoder)._limit() == 1
     with pytest.raises(KbftError, match="Received: start_layers=9"):
         GradualUnfreezing(start_layers=9, encoder=encoder)._limit()
+
+
+def test_step_unfreezing_counts_steps_not_calls(encoder2):
+    """With steps_per_execution=2 each callback call covers two steps (Keras reports the
+    last one's index): stages still fall every `every` steps."""
+    model = build_classifier(HubEncoder(encoder2, trainable_layers="none"), 2)
+    model.compile(optimizer=AdamW(1e-2, weight_decay=None), steps_per_execution=2,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    callback = GradualUnfreezing(every=2, unit="step")
+    callback.set_model(model)
+    callback.on_train_begin()
+    callback.on_epoch_begin(0)
+    callback.on_train_batch_end(1)  # steps 1-2
+    assert callback.layers == 1
+    callback.on_train_batch_end(3)  # steps 3-4
+    assert callback.layers == 2 and [s[1] for s in callback.stages] == [0, 2, 4]

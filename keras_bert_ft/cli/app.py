@@ -158,7 +158,7 @@ def cmd_train(args) -> int:
             raise bad_argument("train_articles", args.train_articles,
                                "used only with --task qa and no --validation")
         from keras_bert_ft.tasks.qa import split_articles
-        train, validation = split_articles(args.train, args.train_articles)
+        train, validation = split_articles(args.train, args.train_articles, config.encoding)
     if args.metric is not None and not args.seeds:
         raise bad_argument("metric", args.metric, "used only with --seeds")
     if args.seeds is not None:

@@ -74,10 +74,12 @@ def squad_examples(articles: Sequence[dict]) -> List[QAExample]:
     return out
 
 
-def split_articles(source, train_articles: int = 38) -> Tuple[List[QAExample], List[QAExample]]:
+def split_articles(source, train_articles: int = 38, encoding: str = "utf-8"
+                   ) -> Tuple[List[QAExample], List[QAExample]]:
     """(train, held out) questions of a SQuAD file split by article, in file order: the
     first `train_articles` articles train, the rest are held out (XQuAD: 38 / 10)."""
-    articles = read_squad(source, "train") if isinstance(source, str) else list(source)
+    articles = (read_squad(source, "train", encoding) if isinstance(source, str)
+                else list(source))
     if not 0 < train_articles < len(articles):
         raise bad_argument("train_articles", train_articles,
                            f"an int in [1, {len(articles) - 1}] (the file has "

@@ -81,8 +81,9 @@ def build_preprocessor(encoder, config, needs_vocab: bool = False) -> Preprocess
     if vocab is None:
         raise bad_argument("preprocessor", None, "a vocab.txt or preprocessor handle (the "
                            f"encoder {config.encoder!r} carries no vocab_file)")
-    return Preprocessor.from_vocab(vocab, lower_case=config.lower_case if lower is None else lower,
-                                   seq_length=config.seq_length)
+    # The encoder's own do_lower_case, unless the user asked to keep case (--cased).
+    lower_case = config.lower_case if lower is None or not config.lower_case else lower
+    return Preprocessor.from_vocab(vocab, lower_case=lower_case, seq_length=config.seq_length)
 
 
 def encoder_vocab(encoder):

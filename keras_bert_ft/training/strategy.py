@@ -33,8 +33,13 @@ def get_strategy(kind: str = "auto", *, tpu_address: str = ""):
     if kind in ("auto", "tpu"):
         resolver = find_tpu(tpu_address, required=kind == "tpu")
         if resolver is not None:
-            tf.config.experimental_connect_to_cluster(resolver)
-            tf.tpu.experimental.initialize_tpu_system(resolver)
+            try:
+                tf.config.experimental_connect_to_cluster(resolver)
+                tf.tpu.experimental.initialize_tpu_system(resolver)
+            except (tf.errors.OpError, ValueError, RuntimeError) as err:
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+                raise bad_argument("tpu_address", tpu_address, f"the address of a TPU this "
+                                   f"machine can reach ({first})") from None
             return _chosen(tf.distribute.TPUStrategy(resolver), f"TPU {_tpu_name(resolver)}")
     if kind == "multiworker" or (kind == "auto" and tf_config_tasks() > 1):
         cluster = read_tf_config()

@@ -92,10 +92,18 @@ class GradualUnfreezing(keras.callbacks.Callback):
         self._limit()
         self._apply()
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = self._step
+
     def on_train_batch_end(self, batch, logs=None):
-        self._step += 1
-        if self.unit == "step" and self._step % self.every == 0:
-            self._advance()
+        # `batch` is the last step of the execution: with steps_per_execution > 1 one call
+        # covers several steps, so count steps, not calls.
+        step = getattr(self, "_epoch_start", 0) + int(batch) + 1
+        crossed = step // self.every - self._step // self.every
+        self._step = step
+        if self.unit == "step":
+            for _ in range(max(crossed, 0)):
+                self._advance()
 
     def on_epoch_end(self, epoch, logs=None):
         self._epoch += 1
