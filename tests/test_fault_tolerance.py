@@ -81,12 +81,12 @@ def test_cli_flags_for_scale_out_and_resume():
     from keras_bert_ft import cli
     args = cli.build_parser().parse_args(
         ["train", "--train", "t.tsv", "--output", "out", "--deterministic", "--backup-steps", "7",
-         "--strategy", "multiworker", "--tpu-address", "local", "--mixed-precision", "mixed_bfloat16",
+         "--strategy", "tpu", "--tpu-address", "local", "--mixed-precision", "mixed_bfloat16",
          "--steps-per-execution", "16"])
     config = cli.app.config_from_args(args)
     assert (config.deterministic, config.backup_steps, config.strategy, config.tpu_address,
             config.mixed_precision, config.steps_per_execution) == (
-        True, 7, "multiworker", "local", "mixed_bfloat16", 16)
+        True, 7, "tpu", "local", "mixed_bfloat16", 16)
     defaults = cli.app.config_from_args(cli.build_parser().parse_args(["train", "--train", "t"]))
     assert (defaults.deterministic, defaults.backup_steps, defaults.steps_per_execution) == (
         False, 500, None)
