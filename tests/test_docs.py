@@ -58,18 +58,7 @@ def fenced_blocks(text: str):
 
 def prose(text: str) -> str:
     """The text outside fenced blocks and inline code, where links live."""
-    out, in_block, fence = [], False, ""
-    for line in text.split("\n"):
-        m = FENCE.match(line)
-        if in_block:
-            if line.strip().startswith(fence):
-                in_block = False
-            continue
-        if m:
-            in_block, fence = True, m.group(2)
-            continue
-        out.append(re.sub(r"`[^`]*`", "", line))
-    return "\n".join(out)
+    return "\n".join(re.sub(r"`[^`]*`", "", line) for line in prose_keep_headings(text))
 
 
 def logical_lines(body, first_line: int):
