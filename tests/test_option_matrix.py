@@ -656,10 +656,11 @@ def check_tpu_address(runs, task):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", resolver)
-        refused_fast(fine_tune_fast(runs, **main_columns(task), encoding="latin-1",
-                                    strategy="tpu", tpu_address="my-tpu"),
-                     "strategy", "no TPU found: no TPU named my-tpu here")
-    assert asked == ["my-tpu"]
+        for strategy in ("tpu", "auto"):  # a named TPU is never dropped for the CPU
+            refused_fast(fine_tune_fast(runs, **main_columns(task), encoding="latin-1",
+                                        strategy=strategy, tpu_address="my-tpu"),
+                         "tpu_address", "none found: no TPU named my-tpu here")
+    assert asked == ["my-tpu", "my-tpu"]
 
 
 def check_mixed_precision(runs, task):

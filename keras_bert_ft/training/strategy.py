@@ -31,7 +31,8 @@ def get_strategy(kind: str = "auto", *, tpu_address: str = ""):
     if kind not in KINDS:
         raise bad_argument("strategy", kind, f"one of {', '.join(KINDS)}")
     if kind in ("auto", "tpu"):
-        resolver = find_tpu(tpu_address, required=kind == "tpu")
+        # A TPU the user named is required, under "auto" too: never fall back silently.
+        resolver = find_tpu(tpu_address, required=kind == "tpu" or bool(tpu_address))
         if resolver is not None:
             try:
                 tf.config.experimental_connect_to_cluster(resolver)
@@ -98,6 +99,10 @@ def find_tpu(address: str, required: bool):
             return resolver
         except (ValueError, RuntimeError, KeyError, tf.errors.OpError) as err:
             error = err
+    if required and address:
+        raise bad_argument("tpu_address", address, f"the name or address of a TPU this "
+                           f"machine can reach (none found: {str(error).splitlines()[0][:120]})"
+                           ) from None
     if required:
         raise bad_argument("strategy", "tpu", f"a strategy for hardware this machine has "
                            f"(no TPU found: {str(error).splitlines()[0][:120]})") from None
