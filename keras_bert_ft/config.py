@@ -8,7 +8,7 @@ user asks for is silently dropped.
 
 import codecs
 import dataclasses
-from typing import Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 from keras_bert_ft.errors import KbftError, bad_argument
 
@@ -51,6 +51,10 @@ class FineTuneConfig:
     encoding: str = option("utf-8-sig", "text encoding of the data files")
     max_train_examples: Optional[int] = option(None, "use only the first N training examples")
     max_eval_examples: Optional[int] = option(None, "use only the first N validation examples")
+    validation_split: float = option(
+        0.0, "with no validation data: hold out this fraction of the training data for "
+             "validation (seeded by seed; stratified by label for classification, by "
+             "article for qa)")
     # The model.
     trainable_layers: TrainableSpec = option(
         "all", '"all", "none", top k, or a list of layer indices')
@@ -77,6 +81,12 @@ class FineTuneConfig:
               "else 5e-5")
     warmup_ratio: float = option(0.1, "fraction of steps with linear warmup")
     weight_decay: float = option(0.01, "decoupled weight decay (not on LayerNorm/bias)")
+    accumulation_steps: int = option(1, "gradient accumulation: each optimizer step adds "
+                                     "the gradients of N batches of batch_size (the same "
+                                     "update as one batch N times larger)")
+    class_weight: Optional[Union[str, Dict[str, float]]] = option(
+        None, '"balanced" (weights inversely proportional to class frequency) or a mapping '
+              "label name -> loss weight, e.g. neg=1,pos=5", ("classification",))
     bias_correction: bool = option(True, "Adam bias correction (false: the original BERTAdam)")
     clip_norm: Optional[float] = option(None, "clip gradients to this global norm (BERT: 1.0)")
     encoder_learning_rate: Optional[float] = option(
@@ -87,6 +97,16 @@ class FineTuneConfig:
     unfreeze_every: int = option(0, "gradual unfreezing: one more layer from the top every N "
                                  "unfreeze_units, from trainable_layers (0: off)")
     unfreeze_unit: str = option("epoch", "epoch or step")
+    error_examples: int = option(100, "validation examples with the highest loss listed in "
+                                 "OUTPUT/errors.tsv for error analysis (0: none)",
+                                 SENTENCE_TASKS)
+    # Choosing the epoch kept.
+    monitor: Optional[str] = option(
+        None, "validation metric that picks the epoch kept: the best epoch's weights are "
+              "restored before evaluation and export (e.g. accuracy, f1, mcc, eval_loss; "
+              "default with patience: the task's main metric)")
+    patience: int = option(0, "early stopping: stop after N epochs without improvement of "
+                           "monitor (0: train every epoch)")
     # Hardware.
     padding: str = option("auto", "auto (static on TPU, else bucketed), bucketed "
                           "(length-grouped batches), dynamic (per-batch length) or static")
@@ -195,11 +215,18 @@ def validate(config: FineTuneConfig) -> None:
     for name in ("epochs", "batch_size", "doc_stride", "max_query_length",
                  "max_answer_length", "n_best_size", "top_k", "cloze_per_sentence"):
         _int(config, name, 1)
-    for name in ("backup_steps", "reinit_layers", "unfreeze_every", "cloze", "verbose"):
+    for name in ("backup_steps", "reinit_layers", "unfreeze_every", "cloze", "verbose",
+                 "patience", "error_examples"):
         _int(config, name, 0)
     for name in ("max_train_examples", "max_eval_examples", "steps_per_execution"):
         _int(config, name, 1, none_ok=True)
     _int(config, "seed", 0)
+    _int(config, "accumulation_steps", 1)
+    _number(config, "validation_split", 0, 0.5)
+    if config.monitor is not None and (not isinstance(config.monitor, str) or not config.monitor):
+        raise bad_argument("monitor", config.monitor, "a validation metric name, e.g. "
+                           "accuracy or eval_loss")
+    _check_class_weight(config.class_weight)
     _int(config, "seq_length", 3)
     _number(config, "learning_rate", 0, low_open=True, none_ok=True)
     _number(config, "encoder_learning_rate", 0, low_open=True, none_ok=True)
@@ -249,6 +276,17 @@ def validate(config: FineTuneConfig) -> None:
         raise bad_argument("max_query_length", config.max_query_length,
                            f"<= seq_length - 4 = {config.seq_length - 4}, leaving room "
                            "for context")
+
+
+def _check_class_weight(value) -> None:
+    if value is None or value == "balanced":
+        return
+    if isinstance(value, dict) and value and all(
+            isinstance(k, str) and not isinstance(w, bool) and isinstance(w, (int, float))
+            and w >= 0 and w == w for k, w in value.items()):
+        return
+    raise bad_argument("class_weight", value, '"balanced" or a mapping of label names to '
+                       "weights >= 0, e.g. neg=1,pos=5")
 
 
 def _check_trainable_layers(spec) -> None:

@@ -75,13 +75,34 @@ def _int_list(value: str):
             f"must be comma-separated ints, e.g. 256,128. Received: {value!r}") from None
 
 
-_TYPES = {"trainable_layers": parse_trainable_layers, "head_units": _int_list}
+def parse_class_weight(value: str):
+    """`balanced`, or `name=weight,...` (e.g. `neg=1,pos=5`)."""
+    value = value.strip()
+    if value == "balanced":
+        return value
+    weights = {}
+    try:
+        for part in value.split(","):
+            name, _, weight = part.partition("=")
+            if not name.strip() or not weight.strip():
+                raise ValueError(part)
+            weights[name.strip()] = float(weight)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'must be "balanced" or label=weight pairs, e.g. neg=1,pos=5. Received: '
+            f"{value!r}") from None
+    return weights
+
+
+_TYPES = {"trainable_layers": parse_trainable_layers, "head_units": _int_list,
+          "class_weight": parse_class_weight}
 _INTS = {"epochs", "batch_size", "seq_length", "seed", "max_train_examples",
          "max_eval_examples", "verbose", "backup_steps", "steps_per_execution",
          "reinit_layers", "unfreeze_every", "doc_stride", "max_query_length",
-         "max_answer_length", "n_best_size", "cloze", "cloze_per_sentence", "top_k"}
+         "max_answer_length", "n_best_size", "cloze", "cloze_per_sentence", "top_k",
+         "accumulation_steps", "patience", "error_examples"}
 _FLOATS = {"learning_rate", "warmup_ratio", "weight_decay", "dropout", "clip_norm",
-           "encoder_learning_rate", "layer_decay"}
+           "encoder_learning_rate", "layer_decay", "validation_split"}
 
 
 def _kind(name: str):
