@@ -84,12 +84,24 @@ QA_WINDOWS = dict(doc_stride=6, max_query_length=6)  # what seq_length 24 needs
 SMALL_TASK = {"classification": dict(pooling="cls"), "multilabel": dict(pooling="cls"),
               "regression": dict(pooling="cls"), "qa": QA_WINDOWS}
 
+# `choice`: a validation split of the training data picks the epoch kept (a metric other
+# than the task's main one), with early stopping, accumulation and error analysis.
+CHOICE = dict(epochs=3, batch_size=2, seq_length=24, validation_split=0.25, patience=1,
+              accumulation_steps=2, verbose=0)
+CHOICE_TASK = {"classification": dict(pooling="cls", monitor="eval_loss", error_examples=3,
+                                      class_weight="balanced"),
+               "multilabel": dict(pooling="cls", monitor="eval_loss", error_examples=3),
+               "regression": dict(pooling="cls", monitor="mse", error_examples=3),
+               "tagging": dict(monitor="token_accuracy"),
+               "qa": dict(QA_WINDOWS, monitor="exact_match"),
+               "summarization": dict(monitor="rouge1")}
+
 # A value other than the default for each field some task refuses; `kbft train` gets
 # str(value).
 REFUSE_VALUES = dict(text_column="txt", text_pair_column="txt2", label_column="y",
                      label_separator=";", pooling="mean", doc_stride=8, max_query_length=4,
                      max_answer_length=5, n_best_size=5, cloze=2, cloze_per_sentence=2,
-                     top_k=2)
+                     top_k=2, class_weight="balanced", error_examples=3)
 
 
 # ------------------------------------------------------------------------------ tiny data
@@ -311,6 +323,7 @@ class TaskRuns:
     det_b: Run
     probe_seed: Run
     probe_hw: Run
+    choice: Run
     train_file: str
     encoder: str
     vocab: str
@@ -365,7 +378,9 @@ def build_runs(task: str, encoder: str, vocab: str, folder) -> TaskRuns:
     finally:  # process-wide: the next task's runs start without it
         if not was_deterministic:
             tf_config.disable_op_determinism()
-    return TaskRuns(task, main, det_a, det_b, probe_seed, probe_hw, train_file=train_file,
+    choice = train(small_data(task, 12, 4), None, task=task, encoder=encoder,
+                   **CHOICE, **CHOICE_TASK[task])
+    return TaskRuns(task, main, det_a, det_b, probe_seed, probe_hw, choice, train_file=train_file,
                     encoder=encoder, vocab=vocab, folder=folder)
 
 
@@ -774,7 +789,64 @@ def check_top_k(runs, task):
     assert len(runs.det_a.result.predict([["a .", "b .", "c .", "d ."]])[0]["sentence_ids"]) == 3
 
 
+def check_validation_split(runs, task):
+    """12 examples: 3 held out (qa: whole contexts), validated on every epoch."""
+    train_data, _, held = runs.choice.read
+    assert len(held) == 3 and len(train_data) == 9
+    assert runs.choice.metrics["validation_split_examples"] == 3
+    assert runs.det_a.read[2] is None and "validation_split_examples" not in runs.det_a.metrics
+
+
+def check_monitor(runs, task):
+    """The kept epoch is the best by the chosen metric (ties: the first)."""
+    metrics, monitor = runs.choice.metrics, CHOICE_TASK[task]["monitor"]
+    values = runs.choice.result.history[f"val_{monitor}"]
+    pick = np.argmin if monitor in ("eval_loss", "mse") else np.argmax
+    assert metrics["monitor"] == monitor and metrics["best_epoch"] == int(pick(values)) + 1
+    assert metrics[monitor] == pytest.approx(values[metrics["best_epoch"] - 1], abs=1e-5)
+    assert "best_epoch" not in runs.main.metrics
+
+
+def check_patience(runs, task):
+    """Patience 1: the run stops one epoch after its best, unless that was the last."""
+    metrics = runs.choice.metrics
+    trained, best = metrics["epochs_trained"], metrics["best_epoch"]
+    assert len(runs.choice.result.history["loss"]) == trained
+    if metrics["stopped_early"]:
+        assert trained - best == 1 and trained < CHOICE["epochs"]
+    else:
+        assert trained == CHOICE["epochs"] and trained - best <= 1
+
+
+def check_accumulation_steps(runs, task):
+    """Each step takes 2 batches of 2: batches of up to 4 rows, half the steps."""
+    run = runs.choice
+    assert run.model.accumulation_steps == 2 and runs.det_a.model.accumulation_steps == 1
+    assert max(rows for rows, _, _ in run.batches) == 4 < 2 * 4
+    assert sum(rows for rows, _, _ in run.batches) == train_rows(run)
+
+
+def check_class_weight(runs, task):
+    """balanced: n / (classes x count) per label, in the run's info and its loss."""
+    train_data, info, _ = runs.choice.read
+    counts = np.bincount(train_data.labels, minlength=len(info["label_names"]))
+    expected = len(train_data.labels) / (len(counts) * counts)
+    np.testing.assert_allclose(runs.choice.result.info["class_weights"], expected, rtol=1e-6)
+    assert "class_weights" not in runs.main.result.info
+
+
+def check_error_examples(runs, task):
+    errors = runs.choice.result.errors
+    assert errors and len(errors) == 3
+    losses = [row["loss"] for row in errors]
+    assert losses == sorted(losses, reverse=True)
+    assert runs.det_a.result.errors is None  # no validation data: nothing to analyse
+
+
 HONOURED: Dict[str, Callable] = {
+    "validation_split": check_validation_split, "monitor": check_monitor,
+    "patience": check_patience, "accumulation_steps": check_accumulation_steps,
+    "class_weight": check_class_weight, "error_examples": check_error_examples,
     "task": check_task, "encoder": check_encoder, "preprocessor": check_preprocessor,
     "lower_case": check_lower_case, "text_column": check_columns,
     "text_pair_column": check_columns, "label_column": check_columns,

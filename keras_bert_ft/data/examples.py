@@ -54,6 +54,13 @@ class Examples:
             texts_pair=None if self.texts_pair is None else self.texts_pair[:n],
             labels=None if self.labels is None else self.labels[:n])
 
+    def subset(self, indices: Sequence[int]) -> "Examples":
+        """The examples at `indices`, in that order."""
+        return dataclasses.replace(
+            self, texts=[self.texts[i] for i in indices],
+            texts_pair=None if self.texts_pair is None else [self.texts_pair[i] for i in indices],
+            labels=None if self.labels is None else self.labels[np.asarray(indices, int)])
+
 
 def read_table(source, *, format: Optional[str] = None, encoding: str = "utf-8-sig",
                where: str = "data",
@@ -107,6 +114,79 @@ def read_table(source, *, format: Optional[str] = None, encoding: str = "utf-8-s
     if frame.empty:
         raise bad_argument(where, source, "a file with at least one example (it is empty)")
     return frame
+
+
+def read_table_chunks(source, *, chunk_size: int, format: Optional[str] = None,
+                      encoding: str = "utf-8-sig", where: str = "data"):
+    """`read_table`'s rows as DataFrames of at most `chunk_size` rows, for files larger
+    than memory: CSV / TSV are read by pandas in chunks (as `read_table` reads them:
+    every cell a string), JSON lines one line at a time (every value as parsed, in
+    object columns; a key a line lacks is NaN, a JSON null None). Named datasets,
+    `tfds:` and in-memory data are read whole (`read_table`) and cut into chunks.
+    The source and format are checked now; parse errors surface while iterating."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise bad_argument("chunk_size", chunk_size, "an int >= 1")
+    path = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
+    if path is None or readers.split_spec(path) or path.startswith("tfds:"):
+        frame = read_table(source, format=format, encoding=encoding, where=where)
+        return (frame.iloc[start:start + chunk_size]
+                for start in range(0, len(frame), chunk_size))
+    if not os.path.isfile(path):
+        raise bad_argument(where, path, "an existing file (not found)")
+    format = format or _SUFFIXES.get(os.path.splitext(path)[1].lower())
+    if format not in FORMATS:
+        raise bad_argument("format", format, f"one of {', '.join(FORMATS)} (or a file "
+                           f"ending in {', '.join(_SUFFIXES)}) for {path!r}")
+    return _table_chunks(path, chunk_size, format, encoding, where)
+
+
+def _table_chunks(path: str, chunk_size: int, format: str, encoding: str, where: str):
+    rows = 0
+    try:
+        if format == "jsonl":
+            chunks = _json_line_chunks(path, chunk_size, encoding)
+        else:
+            chunks = pd.read_csv(
+                path, sep="\t" if format == "tsv" else ",", encoding=encoding,
+                quoting=csv.QUOTE_NONE if format == "tsv" else csv.QUOTE_MINIMAL,
+                keep_default_na=False, dtype=str, chunksize=chunk_size)
+        for chunk in chunks:
+            rows += len(chunk)
+            yield chunk
+    except UnicodeDecodeError as err:
+        raise KbftError(
+            f"File {path!r} is not valid {encoding} text (byte "
+            f"0x{err.object[err.start]:02x} after row {rows}). Pass its encoding, e.g. "
+            f"encoding='latin-1' (CLI: --encoding latin-1). Received: "
+            f"encoding={encoding!r}") from None
+    except (pd.errors.ParserError, ValueError) as err:
+        if isinstance(err, KbftError):
+            raise
+        first = (str(err).strip().splitlines() or ["parse error"])[0][:200]
+        raise KbftError(f"Could not parse {path!r} as {format}: {first}") from None
+    if rows == 0:
+        raise bad_argument(where, path, "a file with at least one example (it is empty)")
+
+
+def _json_line_chunks(path: str, chunk_size: int, encoding: str):
+    import json
+    records = []
+    with open(path, encoding=encoding) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as err:
+                raise ValueError(f"line {number}: {err}") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"line {number} is not a JSON object: {line.strip()[:80]!r}")
+            records.append(record)
+            if len(records) == chunk_size:
+                yield pd.DataFrame(records, dtype=object)
+                records = []
+    if records:
+        yield pd.DataFrame(records, dtype=object)
 
 
 def load_examples(source, *, text_column: str, label_column: Optional[str] = None,

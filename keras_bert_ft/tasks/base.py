@@ -9,7 +9,7 @@ the rest, the same for every task.
 
 import dataclasses
 import hashlib
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -54,6 +54,8 @@ class Task:
     needs_vocab = False
     # The metric runs are judged and compared by.
     primary_metric = ""
+    # Validation metrics `monitor` may name (all numbers; lower is better for LOWER_IS_BETTER).
+    metric_names: Tuple[str, ...] = ()
 
     def read(self, source, config, info: Optional[dict] = None, where: Optional[str] = None):
         """Examples from `source` (a path or in-memory records); `info` is the training
@@ -105,16 +107,82 @@ class Task:
     def predict(self, serving, *inputs, batch_size: int = 32):
         raise NotImplementedError
 
+    def error_analysis(self, serving, data, config, info: dict) -> Optional[List[dict]]:
+        """The validation examples the model gets most wrong (highest loss first), as rows
+        of `errors.tsv`; None for tasks without it."""
+        return None
+
+    def split_groups(self, data) -> Optional[List]:
+        """A key per example that `validation_split` keeps on one side (qa: the article),
+        or None to split examples independently."""
+        return None
+
+    def split_strata(self, data) -> Optional[List]:
+        """A label per example that `validation_split` stratifies on, or None."""
+        return None
+
+
+LOWER_IS_BETTER = ("eval_loss", "mse", "loss")
+
+
+def subset(data, indices: Sequence[int]):
+    """The examples of a task's data at `indices`, in that order."""
+    indices = [int(i) for i in indices]
+    if hasattr(data, "subset"):
+        return data.subset(indices)
+    return [data[i] for i in indices]
+
+
+def split_validation(task: Task, data, fraction: float, seed: int):
+    """(training part, validation part) of `data`: `fraction` of the examples held out,
+    seeded, stratified by `task.split_strata` and keeping `task.split_groups` whole."""
+    n = len(data)
+    groups = task.split_groups(data)
+    keys = list(range(n)) if groups is None else list(groups)
+    members: Dict[object, List[int]] = {}
+    for i, key in enumerate(keys):
+        members.setdefault(key, []).append(i)
+    strata_of = task.split_strata(data)
+    strata: Dict[object, List[object]] = {}
+    for key, rows in members.items():
+        stratum = None if strata_of is None else strata_of[rows[0]]
+        strata.setdefault(stratum, []).append(key)
+    # round(fraction x groups) held out, shared among the strata by largest remainder.
+    order = sorted(strata, key=repr)
+    shares = np.array([fraction * len(strata[k]) for k in order])
+    counts = np.floor(shares).astype(int)
+    extra = int(round(fraction * len(members))) - int(counts.sum())
+    for j in np.argsort(-(shares - counts), kind="stable")[:max(extra, 0)]:
+        counts[j] += 1
+    rng = np.random.RandomState(seed)
+    held = []
+    for stratum, count in zip(order, counts):
+        keys_in = strata[stratum]
+        held += [keys_in[j] for j in rng.permutation(len(keys_in))[:count]]
+    held_rows = sorted(i for key in held for i in members[key])
+    if not held_rows or len(held_rows) == n:
+        raise bad_argument("validation_split", fraction, f"a fraction that leaves examples on "
+                           f"both sides ({n} examples, {len(members)} groups)")
+    held_set = set(held_rows)
+    kept = [i for i in range(n) if i not in held_set]
+    return subset(data, kept), subset(data, held_rows)
+
 
 def read_data(task: Task, train, validation, config):
     """(training examples, their `info`, validation examples or None): read, cut to
-    `max_train_examples` / `max_eval_examples`, the training ones augmented."""
-    train_data = task.augment(take(task.read(train, config), config.max_train_examples),
-                              config)
-    info = task.describe(train_data, config)
+    `max_train_examples` / `max_eval_examples`; without `validation`, `validation_split`
+    holds out part of the training data; the training part is then augmented."""
+    train_data = take(task.read(train, config), config.max_train_examples)
     val_data = None
+    if validation is None and config.validation_split:
+        train_data, val_data = split_validation(task, train_data, config.validation_split,
+                                                config.seed)
+    train_data = task.augment(train_data, config)
+    info = task.describe(train_data, config)
     if validation is not None:
-        val_data = take(task.read(validation, config, info), config.max_eval_examples)
+        val_data = task.read(validation, config, info)
+    if val_data is not None:
+        val_data = take(val_data, config.max_eval_examples)
     return train_data, info, val_data
 
 

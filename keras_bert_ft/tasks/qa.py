@@ -379,6 +379,11 @@ class QATask(base.Task):
     name = "qa"
     needs_vocab = True
     primary_metric = "f1"
+    metric_names = ("f1", "exact_match")
+
+    def split_groups(self, data):
+        """Questions of one article (its title; else its context) stay on one side."""
+        return [ex.title or ex.context for ex in data]
 
     def read(self, source, config, info=None, where=None):
         return load_squad(source, where=where or ("train" if info is None else "validation"),

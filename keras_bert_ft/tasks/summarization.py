@@ -300,6 +300,7 @@ class SummarizationTask(base.Task):
     name = "summarization"
     needs_vocab = True
     primary_metric = "rouge2"
+    metric_names = ("rouge1", "rouge2", "rougeL", "sentence_f1")
 
     def read(self, source, config, info=None, where=None):
         where = where or ("train" if info is None else "validation")

@@ -39,6 +39,11 @@ class TaggedSentences:
         return dataclasses.replace(self, words=self.words[:n],
                                    tags=None if self.tags is None else self.tags[:n])
 
+    def subset(self, indices: Sequence[int]) -> "TaggedSentences":
+        return dataclasses.replace(
+            self, words=[self.words[i] for i in indices],
+            tags=None if self.tags is None else [self.tags[i] for i in indices])
+
 
 def read_conll(path: str, encoding: str = "utf-8", where: str = "data") -> TaggedSentences:
     """CoNLL-style columns: one word per line, the word first and its tag last, a blank
@@ -210,6 +215,7 @@ class TaggingTask(base.Task):
     token_labels = True
     needs_vocab = True
     primary_metric = "entity_f1"
+    metric_names = ("entity_f1", "entity_precision", "entity_recall", "token_accuracy")
 
     def read(self, source, config, info=None, where=None):
         where = where or ("train" if info is None else "validation")

@@ -10,6 +10,7 @@ callbacks, plain `model.fit`, validation metrics and the result (export, run fol
 import dataclasses
 import logging
 import math
+import os
 import time
 from typing import List, Optional, Sequence, Union
 
@@ -17,13 +18,14 @@ import numpy as np
 import tensorflow as tf
 
 from keras_bert_ft._keras import keras
-from keras_bert_ft.config import FineTuneConfig, make_config, to_json
+from keras_bert_ft.config import FIELDS, FineTuneConfig, make_config, to_json
 from keras_bert_ft.data.pipeline import batches, epoch_batches, training_input
 from keras_bert_ft.errors import KbftError
 from keras_bert_ft.export.saved_model import write_export
 from keras_bert_ft.tasks import get_task
 from keras_bert_ft.tasks.base import read_data
 from keras_bert_ft.training import build, run_folder, tpu
+from keras_bert_ft.training.best_epoch import KeepBestEpoch, check_validation, resolve_monitor
 from keras_bert_ft.training.determinism import enable_determinism
 from keras_bert_ft.training.fault_tolerance import RunBackup, StopOnNonFiniteLoss, fingerprint
 from keras_bert_ft.training.optimization import create_optimizer
@@ -88,6 +90,8 @@ class FineTuneResult:
     history: dict
     metrics: dict
     strategy: Optional[tf.distribute.Strategy] = None
+    # The validation examples the model gets most wrong (`errors.tsv`), when the task has it.
+    errors: Optional[list] = None
 
     @property
     def task(self) -> str:
@@ -135,7 +139,9 @@ def export_metadata(config: FineTuneConfig, info: dict) -> dict:
 
 
 def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *,
-              callbacks: Sequence[keras.callbacks.Callback] = (),
+              test=None, callbacks: Sequence[keras.callbacks.Callback] = (),
+              metrics: Sequence[keras.metrics.Metric] = (),
+              optimizer: Optional[keras.optimizers.Optimizer] = None,
               strategy: Union[str, tf.distribute.Strategy, None] = None,
               **overrides) -> FineTuneResult:
     """Fine-tunes a BERT encoder for `config.task` with plain `model.fit`.
@@ -147,10 +153,16 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
 
     Args:
         train, validation: a file path, `"tfds:<name>"`, in-memory records, or the task's
-            own example type.
+            own example type. Without `validation`, `validation_split` holds out part of
+            `train`. Validation picks the epoch kept (`monitor`, `patience`).
         config: a `FineTuneConfig`; keyword `overrides` replace its fields. A field set for
             a task it does not apply to is refused by name.
-        callbacks: the user's own Keras callbacks, passed to `fit`.
+        test: data scored once, at the end, with the model kept; its metrics are
+            `metrics["test"]`, apart from the validation metrics.
+        callbacks: the user's own tf_keras callbacks, passed to `fit`.
+        metrics: extra tf_keras metrics for `fit` to log.
+        optimizer: a tf_keras optimizer instead of the toolkit's AdamW with warmup (then
+            the config's optimisation options must stay at their defaults).
         strategy: a `tf.distribute.Strategy` or a `get_strategy` kind.
 
     With `output_dir`, the run backs up every `backup_steps` steps to `output_dir/backup`;
@@ -162,8 +174,10 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
         >>> result.metrics["accuracy"], result.export("out/export")
     """
     config = make_config(config, **overrides)
-    _check_callbacks(callbacks)
+    _check_keras_objects(callbacks, metrics, optimizer, config)
     task = get_task(config.task)
+    check_validation(config, validation)
+    monitor = resolve_monitor(task, config)
     if config.output_dir:  # refused before anything is read or built
         run_folder.check(config.output_dir, overwrite=config.overwrite)
     if config.deterministic:
@@ -171,6 +185,7 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
     else:
         keras.utils.set_random_seed(config.seed)
     train_data, info, val_data = read_data(task, train, validation, config)
+    test_data = None if test is None else task.read(test, config, info, where="test")
     strategy = ensure_strategy(strategy or config.strategy, config.tpu_address)
     config = tpu.resolve_hardware_settings(config, strategy)
     if config.output_dir:
@@ -183,18 +198,23 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
         raise KbftError(f"No training example of {_source(train)} can be trained on.")
     padding = resolve_padding(config.padding, strategy)
     drop_remainder = padding == "static"
-    steps_per_epoch = epoch_batches(train_features.features, batch_size=config.batch_size,
+    # With accumulation each step takes N batches of batch_size (model.train_step splits it).
+    step_batch = config.batch_size * config.accumulation_steps
+    model.accumulation_steps = config.accumulation_steps
+    steps_per_epoch = epoch_batches(train_features.features, batch_size=step_batch,
                                     padding=padding, drop_remainder=drop_remainder)
     multipliers = learning_rate_multipliers(model, config)
     with strategy.scope():
-        optimizer = create_optimizer(build.resolve_learning_rate(config),
-                                     total_steps=max(steps_per_epoch * config.epochs, 1),
-                                     warmup_ratio=config.warmup_ratio,
-                                     weight_decay=config.weight_decay,
-                                     bias_correction=config.bias_correction,
-                                     global_clipnorm=config.clip_norm,
-                                     learning_rate_multipliers=multipliers)
-        model.compile(optimizer=optimizer, loss=task.loss(info), metrics=task.fit_metrics(info),
+        if optimizer is None:
+            optimizer = create_optimizer(build.resolve_learning_rate(config),
+                                         total_steps=max(steps_per_epoch * config.epochs, 1),
+                                         warmup_ratio=config.warmup_ratio,
+                                         weight_decay=config.weight_decay,
+                                         bias_correction=config.bias_correction,
+                                         global_clipnorm=config.clip_norm,
+                                         learning_rate_multipliers=multipliers)
+        model.compile(optimizer=optimizer, loss=task.loss(info),
+                      metrics=[*task.fit_metrics(info), *metrics],
                       jit_compile=config.jit_compile,
                       steps_per_execution=config.steps_per_execution)
     if tpu.is_tpu(strategy):
@@ -211,54 +231,94 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
                            steps_per_epoch=steps_per_epoch, backup_steps=config.backup_steps,
                            strategy=strategy, deterministic=config.deterministic)
     train_input = training_input(train_features.features, train_features.labels, strategy,
-                                 batch_size=config.batch_size, seed=config.seed,
+                                 batch_size=step_batch, seed=config.seed,
                                  padding=padding, drop_remainder=drop_remainder,
                                  token_labels=task.token_labels,
                                  steps_per_epoch=steps_per_epoch,
                                  start_step=backup.start_step if backup else 0)
     val_ds = None
     val_features = (task.featurize(val_data, preprocessor, config, info)
-                    if val_data is not None else None)
+                    if val_data is not None and monitor is None else None)
     if val_features is not None and len(val_features):  # evaluation keeps its order
         val_ds = batches(val_features.features, val_features.labels,
                          batch_size=config.batch_size, token_labels=task.token_labels,
                          padding="static" if padding == "static" else "dynamic",
                          drop_remainder=tpu.is_tpu(strategy))
-    throughput = ThroughputCallback(config.batch_size, len(train_features))
+    throughput = ThroughputCallback(step_batch, len(train_features))
     guard = backup.callbacks() if backup else [StopOnNonFiniteLoss()]
-    all_callbacks = [*guard, throughput, *run_folder.checkpoint_callbacks(config.output_dir),
+    keep_best = None
+    if monitor is not None:  # scores each epoch before the history keeper writes it
+        epoch_serving = task.serving(model, preprocessor, config, info)
+        keep_best = KeepBestEpoch(
+            lambda: task.evaluate(epoch_serving, val_data, config, info)[0], monitor,
+            config.patience, earlier=backup.resume.history if backup and backup.resume else None,
+            checkpoints=os.path.join(config.output_dir, "checkpoints") if config.output_dir
+            else None, verbose=config.verbose)
+    all_callbacks = [*([keep_best] if keep_best else []), *guard, throughput,
+                     *run_folder.checkpoint_callbacks(config.output_dir),
                      *_unfreezing_callbacks(config), *callbacks]
     history = model.fit(train_input.data, steps_per_epoch=train_input.steps_per_epoch,
                         validation_data=val_ds, epochs=config.epochs,
                         callbacks=all_callbacks, verbose=config.verbose)
     history = history.history if backup is None else backup.full_history(history.history)
+    if keep_best is not None:
+        keep_best.restore(model)
     serving = task.serving(model, preprocessor, config, info)
-    metrics = {}
+    metrics, errors = {}, None
     if val_data is not None:
         metrics, tuned = task.evaluate(serving, val_data, config, info)
         if tuned != info:  # e.g. multilabel thresholds tuned on validation
             info = tuned
             serving = task.serving(model, preprocessor, config, info)
+        if config.error_examples:
+            errors = task.error_analysis(serving, val_data, config, info)
+    if keep_best is not None:
+        metrics.update(keep_best.report())
     metrics.update(train_features.stats)
     metrics["train_examples"] = metrics.get("train_examples", len(train_data))
+    if val_data is not None and validation is None:
+        metrics["validation_split_examples"] = len(val_data)
     metrics["train_examples_per_second"] = round(throughput.examples_per_second, 2)
+    if test_data is not None:  # scored once, with the model kept
+        metrics["test"] = task.evaluate(serving, test_data, config, info)[0]
     return FineTuneResult(model=model, serving=serving, config=config, info=info,
-                          history=_plain_history(history), metrics=metrics, strategy=strategy)
+                          history=_plain_history(history), metrics=metrics, strategy=strategy,
+                          errors=errors)
 
 
 def _source(data) -> str:
     return data if isinstance(data, str) else type(data).__name__
 
 
-def _check_callbacks(callbacks) -> None:
+# The optimisation options an optimizer of the user's own replaces.
+_OPTIMIZER_FIELDS = ("learning_rate", "warmup_ratio", "weight_decay", "bias_correction",
+                     "clip_norm", "encoder_learning_rate", "layer_decay")
+
+
+def _check_keras_objects(callbacks, metrics, optimizer, config) -> None:
+    """The user's callbacks, metrics and optimizer are tf_keras ones; a Keras 3 object is
+    refused in one line that says how to get the tf_keras one."""
     for i, callback in enumerate(callbacks):
-        if not isinstance(callback, keras.callbacks.Callback):
-            kind = type(callback)
-            raise KbftError(
-                f"callbacks[{i}] must be a tf_keras callback (from keras_bert_ft._keras "
-                f"import keras; keras.callbacks.Callback), not {kind.__module__}."
-                f"{kind.__name__}: the toolkit runs on tf_keras (Keras 2), and a Keras 3 "
-                f"callback would not be called. Received: callbacks[{i}]={callback!r}")
+        _check_kind(callback, f"callbacks[{i}]", "callback", keras.callbacks.Callback)
+    for i, metric in enumerate(metrics):
+        _check_kind(metric, f"metrics[{i}]", "metric", keras.metrics.Metric)
+    if optimizer is not None:
+        _check_kind(optimizer, "optimizer", "optimizer", keras.optimizers.Optimizer)
+        changed = [name for name in _OPTIMIZER_FIELDS
+                   if getattr(config, name) != FIELDS[name].default]
+        if changed:
+            raise KbftError(f"{changed[0]} does not apply with an optimizer of your own "
+                            f"(it configures the toolkit's AdamW). Received: "
+                            f"{changed[0]}={getattr(config, changed[0])!r}",
+                            argument=changed[0])
+
+
+def _check_kind(obj, name: str, kind: str, expected) -> None:
+    from keras_bert_ft._keras import check_tf_keras
+    check_tf_keras(obj, name, kind)
+    if not isinstance(obj, expected):
+        raise KbftError(f"{name} must be a tf_keras {kind} ({expected.__module__}."
+                        f"{expected.__name__}). Received: {name}={obj!r}", argument=name)
 
 
 def resolve_padding(padding: str, strategy) -> str:
