@@ -48,6 +48,9 @@ class FineTuneConfig:
     label_column: str = option("label", "column holding the label", SENTENCE_TASKS)
     label_separator: str = option(",", "separates label names in a multilabel label cell",
                                   ("multilabel",))
+    swap_pairs: bool = option(False, "also train on every pair with its two texts swapped "
+                              "(for symmetric pair tasks: paraphrase, similarity)",
+                              SENTENCE_TASKS)
     encoding: str = option("utf-8-sig", "text encoding of the data files")
     max_train_examples: Optional[int] = option(None, "use only the first N training examples")
     max_eval_examples: Optional[int] = option(None, "use only the first N validation examples")
@@ -235,7 +238,8 @@ def validate(config: FineTuneConfig) -> None:
     _number(config, "weight_decay", 0)
     _number(config, "dropout", 0, 0.99)
     _number(config, "layer_decay", 0, 1, low_open=True)
-    for name in ("lower_case", "jit_compile", "deterministic", "bias_correction", "overwrite"):
+    for name in ("lower_case", "jit_compile", "deterministic", "bias_correction", "overwrite",
+                 "swap_pairs"):
         _bool(config, name)
     _bool(config, "train_embeddings", none_ok=True)
     _choice(config, "padding", ("auto", *PADDINGS))

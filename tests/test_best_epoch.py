@@ -44,8 +44,8 @@ def early(encoder2, tmp_path_factory):
     seen = WeightsPerEpoch()
     out = tmp_path_factory.mktemp("early") / "run"
     result = kbft.fine_tune(train, flipped(train), test=sentiment_rows(16, seed=9),
-                            encoder=encoder2, epochs=6, batch_size=8, learning_rate=3e-3,
-                            seq_length=16, monitor="eval_loss", patience=2, warmup_ratio=0,
+                            encoder=encoder2, epochs=4, batch_size=8, learning_rate=3e-3,
+                            seq_length=16, monitor="eval_loss", patience=1, warmup_ratio=0,
                             callbacks=[seen], output_dir=str(out), backup_steps=0, verbose=0)
     result.seen = seen
     result.paths = result.save(str(out))
@@ -57,7 +57,7 @@ def test_early_stopping_keeps_the_best_epoch_not_the_last(early):
     losses = early.history["val_eval_loss"]
     best = int(np.argmin(losses)) + 1
     assert metrics["monitor"] == "eval_loss" and metrics["best_epoch"] == best
-    assert metrics["stopped_early"] and metrics["epochs_trained"] == best + 2 < 6
+    assert metrics["stopped_early"] and metrics["epochs_trained"] == best + 1 < 4
     assert len(seen.weights) == metrics["epochs_trained"] == len(losses)
     final = early.model.get_weights()
     assert same(final, seen.weights[best - 1])
@@ -80,10 +80,10 @@ def test_test_set_is_scored_once_and_reported_apart(early):
 
 def test_monitor_without_patience_keeps_best_and_trains_every_epoch(encoder2):
     train = sentiment_rows(32)
-    result = kbft.fine_tune(train, flipped(train), encoder=encoder2, epochs=3, batch_size=8,
+    result = kbft.fine_tune(train, flipped(train), encoder=encoder2, epochs=2, batch_size=8,
                             learning_rate=3e-3, seq_length=16, monitor="accuracy", verbose=0)
     accuracies = result.history["val_accuracy"]
-    assert len(accuracies) == 3 and result.metrics["epochs_trained"] == 3
+    assert len(accuracies) == 2 and result.metrics["epochs_trained"] == 2
     assert not result.metrics["stopped_early"]
     assert result.metrics["best_epoch"] == int(np.argmax(accuracies)) + 1
     assert result.metrics["accuracy"] == pytest.approx(max(accuracies), abs=1e-6)

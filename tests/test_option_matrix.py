@@ -88,10 +88,12 @@ SMALL_TASK = {"classification": dict(pooling="cls"), "multilabel": dict(pooling=
 # than the task's main one), with early stopping, accumulation and error analysis.
 CHOICE = dict(epochs=3, batch_size=2, seq_length=24, validation_split=0.25, patience=1,
               accumulation_steps=2, verbose=0)
-CHOICE_TASK = {"classification": dict(pooling="cls", monitor="eval_loss", error_examples=3,
+PAIRS_SWAPPED = dict(pooling="cls", error_examples=3, text_pair_column="sentence2",
+                     swap_pairs=True)
+CHOICE_TASK = {"classification": dict(PAIRS_SWAPPED, monitor="eval_loss",
                                       class_weight="balanced"),
-               "multilabel": dict(pooling="cls", monitor="eval_loss", error_examples=3),
-               "regression": dict(pooling="cls", monitor="mse", error_examples=3),
+               "multilabel": dict(PAIRS_SWAPPED, monitor="eval_loss"),
+               "regression": dict(PAIRS_SWAPPED, monitor="mse"),
                "tagging": dict(monitor="token_accuracy"),
                "qa": dict(QA_WINDOWS, monitor="exact_match"),
                "summarization": dict(monitor="rouge1")}
@@ -101,7 +103,7 @@ CHOICE_TASK = {"classification": dict(pooling="cls", monitor="eval_loss", error_
 REFUSE_VALUES = dict(text_column="txt", text_pair_column="txt2", label_column="y",
                      label_separator=";", pooling="mean", doc_stride=8, max_query_length=4,
                      max_answer_length=5, n_best_size=5, cloze=2, cloze_per_sentence=2,
-                     top_k=2, class_weight="balanced", error_examples=3)
+                     top_k=2, class_weight="balanced", error_examples=3, swap_pairs=True)
 
 
 # ------------------------------------------------------------------------------ tiny data
@@ -378,7 +380,9 @@ def build_runs(task: str, encoder: str, vocab: str, folder) -> TaskRuns:
     finally:  # process-wide: the next task's runs start without it
         if not was_deterministic:
             tf_config.disable_op_determinism()
-    choice = train(small_data(task, 12, 4), None, task=task, encoder=encoder,
+    choice_data = (sentence_rows(task, 12, 4, pair=True) if task in SENTENCE_TASKS
+                   else small_data(task, 12, 4))
+    choice = train(choice_data, None, task=task, encoder=encoder,
                    **CHOICE, **CHOICE_TASK[task])
     return TaskRuns(task, main, det_a, det_b, probe_seed, probe_hw, choice, train_file=train_file,
                     encoder=encoder, vocab=vocab, folder=folder)
@@ -792,7 +796,7 @@ def check_top_k(runs, task):
 def check_validation_split(runs, task):
     """12 examples: 3 held out (qa: whole contexts), validated on every epoch."""
     train_data, _, held = runs.choice.read
-    assert len(held) == 3 and len(train_data) == 9
+    assert len(held) == 3 and len(train_data) == (18 if task in SENTENCE_TASKS else 9)
     assert runs.choice.metrics["validation_split_examples"] == 3
     assert runs.det_a.read[2] is None and "validation_split_examples" not in runs.det_a.metrics
 
@@ -835,6 +839,15 @@ def check_class_weight(runs, task):
     assert "class_weights" not in runs.main.result.info
 
 
+def check_swap_pairs(runs, task):
+    """The 9 training pairs, then the same 9 swapped; validation is not swapped."""
+    train_data, _, held = runs.choice.read
+    assert train_data.texts[9:] == train_data.texts_pair[:9]
+    assert train_data.texts_pair[9:] == train_data.texts[:9]
+    assert len(held) == 3 and runs.choice.metrics["train_examples"] == 18
+    assert runs.main.metrics["train_examples"] == MAIN["max_train_examples"]
+
+
 def check_error_examples(runs, task):
     errors = runs.choice.result.errors
     assert errors and len(errors) == 3
@@ -847,6 +860,7 @@ HONOURED: Dict[str, Callable] = {
     "validation_split": check_validation_split, "monitor": check_monitor,
     "patience": check_patience, "accumulation_steps": check_accumulation_steps,
     "class_weight": check_class_weight, "error_examples": check_error_examples,
+    "swap_pairs": check_swap_pairs,
     "task": check_task, "encoder": check_encoder, "preprocessor": check_preprocessor,
     "lower_case": check_lower_case, "text_column": check_columns,
     "text_pair_column": check_columns, "label_column": check_columns,

@@ -29,6 +29,34 @@ def f1_scores(matrix: np.ndarray) -> np.ndarray:
     return np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
 
 
+def _ratio(numerator, denominator) -> np.ndarray:
+    numerator = np.asarray(numerator, float)
+    denominator = np.asarray(denominator, float)
+    return np.divide(numerator, denominator, out=np.zeros_like(numerator),
+                     where=denominator > 0)
+
+
+def class_scores(tp, predicted, actual, names: Sequence[str]) -> Dict[str, Dict[str, float]]:
+    """`{name: {precision, recall, f1, support}}` from per-class counts of true positives,
+    predictions and true examples (`support`); a ratio with nothing to divide by is 0."""
+    tp, predicted, actual = (np.asarray(x, float) for x in (tp, predicted, actual))
+    precision, recall = _ratio(tp, predicted), _ratio(tp, actual)
+    f1 = _ratio(2 * tp, predicted + actual)
+    return {str(name): {"precision": float(precision[i]), "recall": float(recall[i]),
+                        "f1": float(f1[i]), "support": int(actual[i])}
+            for i, name in enumerate(names)}
+
+
+def classification_report(y_true, y_pred, label_names: Sequence[str]) -> Dict[str, object]:
+    """`per_class` ({label: {precision, recall, f1, support}}) and `confusion_matrix`
+    ({"labels": [...], "matrix": rows = true label, columns = predicted}) of integer
+    class labels."""
+    matrix = confusion(y_true, y_pred, len(label_names))
+    names = [str(n) for n in label_names]
+    return {"per_class": class_scores(np.diag(matrix), matrix.sum(0), matrix.sum(1), names),
+            "confusion_matrix": {"labels": names, "matrix": matrix.tolist()}}
+
+
 def macro_f1(matrix: np.ndarray) -> float:
     """Mean F1 over the classes that occur in the labels or the predictions (as
     scikit-learn does): a class absent from both says nothing about the model."""
@@ -151,7 +179,8 @@ def tune_thresholds(y_true, probabilities, default: float = 0.5) -> np.ndarray:
 def multilabel_metrics(y_true, probabilities, thresholds,
                        label_names: Optional[Sequence[str]] = None) -> Dict[str, object]:
     """f1_micro, f1_macro (over labels that occur), subset accuracy (every label
-    right), per-label F1, at the given thresholds."""
+    right), per-label F1 and `per_class` precision / recall / F1 / support, at the given
+    thresholds."""
     y_true = np.asarray(y_true) > 0.5
     if len(y_true) == 0:
         return {}
@@ -163,4 +192,5 @@ def multilabel_metrics(y_true, probabilities, thresholds,
     return {"f1_micro": float(2 * tp.sum() / denom.sum()) if denom.sum() else 0.0,
             "f1_macro": float(per_label[denom > 0].mean()) if (denom > 0).any() else 0.0,
             "subset_accuracy": float(np.mean((y_true == y_pred).all(1))),
-            "f1_per_label": dict(zip(names, map(float, per_label)))}
+            "f1_per_label": dict(zip(names, map(float, per_label))),
+            "per_class": class_scores(tp, y_pred.sum(0), y_true.sum(0), names)}

@@ -3,15 +3,18 @@ what is already there.
 
 A run folder holds `.kbft-run` (written first, so a killed run's folder is still known as
 ours), `checkpoints/`, `logs/`, `backup/` while a run is unfinished, and at the end
-`metrics.json`, `history.json`, `history.png`, `run_config.json` and `export/`. An existing
-non-empty folder that is not a run folder is refused unless the user asks to `overwrite`.
+`metrics.json`, `history.json`, `history.png`, `run_config.json` and `export/`; for
+classification also `confusion_matrix.json` and `confusion_matrix.png` (and
+`test_confusion_matrix.png` with test data), and for sentence tasks `errors.tsv`, the
+validation examples with the highest loss. An existing non-empty folder that is not a run
+folder is refused unless the user asks to `overwrite`.
 """
 
 import json
 import os
 import shutil
 import tempfile
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 
@@ -23,6 +26,9 @@ from keras_bert_ft.training.strategy import is_chief
 
 MARKER = ".kbft-run"
 RUN_CONFIG = "run_config.json"
+# Written only by some runs: a previous run's copies are removed so none is left stale.
+OPTIONAL_OUTPUTS = ("confusion_matrix.json", "confusion_matrix.png",
+                    "test_confusion_matrix.png", "errors.tsv")
 
 
 def is_run_folder(path: str) -> bool:
@@ -64,7 +70,9 @@ def checkpoint_callbacks(output_dir: Optional[str]):
 
 
 def save_run(result, output_dir: str, export: bool = True) -> dict:
-    """Writes `metrics.json`, `history.json`, `history.png`, `run_config.json` and the export.
+    """Writes `metrics.json`, `history.json`, `history.png`, `run_config.json` and the export;
+    with a confusion matrix in the metrics `confusion_matrix.json` / `.png` (a test one:
+    `test_confusion_matrix.png`), with `result.errors` the table `errors.tsv`.
 
     Under MultiWorkerMirroredStrategy only the chief writes them; the other workers
     export into a temporary folder they delete (saving reads variables that every
@@ -86,6 +94,25 @@ def save_run(result, output_dir: str, export: bool = True) -> dict:
     write_json(os.path.join(output_dir, "history.json"), result.history)
     write_json(os.path.join(output_dir, RUN_CONFIG), {**to_json(result.config), **result.info})
     paths["plot"] = plot_history(result.history, os.path.join(output_dir, "history.png"))
+    matrix = result.metrics.get("confusion_matrix")
+    if matrix:
+        write_json(os.path.join(output_dir, "confusion_matrix.json"), matrix)
+        paths["confusion_matrix"] = plot_confusion_matrix(
+            matrix, os.path.join(output_dir, "confusion_matrix.png"), "validation")
+    test = result.metrics.get("test")
+    if isinstance(test, dict) and test.get("confusion_matrix"):
+        paths["test_confusion_matrix"] = plot_confusion_matrix(
+            test["confusion_matrix"], os.path.join(output_dir, "test_confusion_matrix.png"),
+            "test")
+    errors = getattr(result, "errors", None)
+    if errors:
+        paths["errors"] = write_tsv(os.path.join(output_dir, "errors.tsv"), errors)
+    written = {os.path.basename(p) for p in paths.values()}
+    if matrix:
+        written.add("confusion_matrix.json")
+    for name in set(OPTIONAL_OUTPUTS) - written:  # a previous run's, in this folder of ours
+        if os.path.isfile(os.path.join(output_dir, name)):
+            os.remove(os.path.join(output_dir, name))
     return paths
 
 
@@ -106,6 +133,66 @@ def write_json(path: str, payload) -> None:
     with open(tmp, "w") as f:
         json.dump(payload, f, indent=2, default=str)
     os.replace(tmp, path)
+
+
+def write_tsv(path: str, rows: List[dict]) -> str:
+    """`rows` (dicts with the same keys) as a tab-separated table with a header row,
+    written atomically. Tabs and line breaks inside a value become spaces (the file is
+    read with quoting off); dicts and lists are written as JSON."""
+    columns = list(rows[0])
+
+    def cell(value) -> str:
+        if isinstance(value, float):
+            text = f"{value:.6g}"
+        elif isinstance(value, (dict, list)):
+            text = json.dumps(value)
+        else:
+            text = str(value)
+        return " ".join(text.replace("\t", " ").splitlines())
+
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\t".join(columns) + "\n")
+        for row in rows:
+            f.write("\t".join(cell(row.get(c, "")) for c in columns) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def plot_confusion_matrix(confusion: dict, path: str, title: str = "validation") -> str:
+    """A confusion matrix (`{"labels": [...], "matrix": rows = true label}`) as a PNG:
+    counts in the cells, label names on the axes. Written atomically."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [str(n) for n in confusion["labels"]]
+    matrix = np.asarray(confusion["matrix"], dtype=np.int64).reshape(len(labels), len(labels))
+    side = min(max(3.0, 0.45 * len(labels) + 2.0), 30.0)
+    fig, ax = plt.subplots(figsize=(side + 1.0, side))
+    image = ax.imshow(matrix, cmap="Blues", vmin=0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ticks = np.arange(len(labels))
+    ax.set_xticks(ticks)
+    ax.set_yticks(ticks)
+    ax.set_xticklabels(labels, rotation=45 if max(map(len, labels), default=0) > 3 else 0,
+                       ha="right" if max(map(len, labels), default=0) > 3 else "center")
+    ax.set_yticklabels(labels)
+    ax.set_xlabel("predicted label")
+    ax.set_ylabel("true label")
+    ax.set_title(f"{title}: {int(matrix.sum())} examples")
+    threshold = matrix.max() / 2.0 if matrix.size else 0
+    fontsize = 10 if len(labels) <= 10 else max(4, 10 - len(labels) // 8)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=fontsize,
+                    color="white" if matrix[i, j] > threshold else "black")
+    fig.tight_layout()
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
 
 
 def plot_history(history: dict, path: str) -> str:
