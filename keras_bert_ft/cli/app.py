@@ -182,6 +182,9 @@ def cmd_train(args) -> int:
         train, validation = split_articles(args.train, args.train_articles, config.encoding)
     if args.metric is not None and not args.seeds:
         raise bad_argument("metric", args.metric, "used only with --seeds")
+    if args.test is not None and args.seeds is not None:
+        raise bad_argument("test", args.test, "not given with --seeds (each seed's run is "
+                           "compared on validation; score the chosen run with kbft evaluate)")
     if args.seeds is not None:
         if config.task == "qa":
             result = _qa_ensemble_of_seeds(train, validation, config, args.seeds)
@@ -193,14 +196,25 @@ def cmd_train(args) -> int:
                                f"{config.task}")
     else:
         from keras_bert_ft.training.runner import fine_tune
-        result = fine_tune(train, validation, config)
+        result = fine_tune(train, validation, config, test=args.test)
     paths = result.save(config.output_dir)
     if not paths:  # a non-chief worker: the chief writes the run folder
         print("worker finished; the chief wrote the run folder")
         return 0
-    print(json.dumps(result.metrics, indent=2))
+    print(json.dumps(headline_metrics(result.metrics), indent=2))
     print(f"export: {paths['export']}\nmetrics: {os.path.join(config.output_dir, 'metrics.json')}")
     return 0
+
+
+_DETAILS = ("per_class", "confusion_matrix", "f1_per_label", "thresholds", "member_metrics")
+
+
+def headline_metrics(metrics: dict) -> dict:
+    """The metrics to print: per-class tables and matrices stay in the run folder's files."""
+    shown = {k: v for k, v in metrics.items() if k not in _DETAILS}
+    if isinstance(shown.get("test"), dict):
+        shown["test"] = headline_metrics(shown["test"])
+    return shown
 
 
 def _qa_ensemble_of_seeds(train, validation, config, seeds):
@@ -269,64 +283,49 @@ def _check_output_file(path: str, name: str = "output") -> None:
 
 
 def cmd_predict(args) -> int:
-    from keras_bert_ft.data import examples as data_lib
+    from keras_bert_ft.export import predictions
     from keras_bert_ft.export.restore import saved_config
-    from keras_bert_ft.export.serving import concat_batches
     if args.input and args.text:
         raise bad_argument("input", args.input, "not given together with --text")
     if not (args.input or args.text):
         raise bad_argument("text", None, "--text TEXT (repeatable) or --input FILE")
+    fmt = predictions.output_format(args.output, args.format)
     if args.output:
-        _check_output_file(args.output)
+        predictions.check_output(args.output, overwrite=args.overwrite, inputs=[args.input])
     saved, info = saved_config(args.model, name="model")  # checks before building
     sentence = saved.task in SENTENCE_TASKS
+    if not sentence and fmt != "jsonl":
+        raise bad_argument("format" if args.format else "output", args.format or args.output,
+                           f"JSON lines (jsonl) for a {saved.task} model: its predictions "
+                           "are nested")
+    wants_pair = bool(info.get("pair")) or saved.task == "qa"
     if args.input:
         if not sentence:
             raise bad_argument("input", args.input, f"not used by a {saved.task} model: "
                                "pass --text (and --text-pair for qa contexts)")
         config = _data_config(saved, args)
-        examples = data_lib.load_examples(args.input, text_column=config.text_column,
-                                          text_pair_column=config.text_pair_column,
-                                          encoding=config.encoding, where="input")
-        texts, pairs = examples.texts, examples.texts_pair
+        job = predictions.plan_file(
+            args.input, args.output, format=args.format, overwrite=args.overwrite,
+            text_column=config.text_column, text_pair_column=config.text_pair_column,
+            pair=wants_pair, encoding=config.encoding, chunk_size=args.chunk_size)
     else:
         texts, pairs = args.text, args.text_pair
-    wants_pair = bool(info.get("pair")) or saved.task == "qa"
-    if wants_pair and (pairs is None or len(pairs) != len(texts)):
-        what = "context" if saved.task == "qa" else "second text"
-        raise bad_argument("text_pair", pairs, f"one {what} (--text-pair) per --text "
-                           f"({len(texts)}): this model takes pairs")
-    if pairs is not None and not wants_pair:
-        raise bad_argument("text_pair", pairs, "nothing: this model takes single texts")
+        if wants_pair and (pairs is None or len(pairs) != len(texts)):
+            what = "context" if saved.task == "qa" else "second text"
+            raise bad_argument("text_pair", pairs, f"one {what} (--text-pair) per --text "
+                               f"({len(texts)}): this model takes pairs")
+        if pairs is not None and not wants_pair:
+            raise bad_argument("text_pair", pairs, "nothing: this model takes single texts")
+        job = predictions.PredictionJob(
+            predictions.InputFile.from_texts(texts, pairs, chunk_size=args.chunk_size),
+            args.output, fmt, args.overwrite, "format" if args.format else "output")
     result = _restore(args)
-    columns = [texts] + ([pairs] if pairs is not None else [])
-    out = open(args.output, "w") if args.output else sys.stdout
-    try:
-        if sentence:
-            outputs = concat_batches(result.serving.run(*columns, batch_size=64))
-            rows = [{"text": text, **({"text_pair": pairs[i]} if pairs is not None else {}),
-                     **_prediction_row(result, outputs, i)} for i, text in enumerate(texts)]
-        else:
-            rows = result.predict(*columns)
-        for row in rows:
-            out.write(json.dumps(row) + "\n")
-    finally:
-        if args.output:
-            out.close()
+    if sentence:
+        job.run(result)
+    else:
+        with predictions.PredictionWriter(args.output, fmt, overwrite=args.overwrite) as out:
+            out.write(result.predict(*[c for c in (args.text, args.text_pair) if c]))
     return 0
-
-
-def _prediction_row(result, outputs: dict, i: int) -> dict:
-    """One example's prediction as JSON-ready values, by the model's task."""
-    if result.task == "regression":
-        return {"score": float(outputs["score"][i])}
-    row = {"probabilities": dict(zip(result.label_names,
-                                     map(float, outputs["probabilities"][i])))}
-    if result.task == "multilabel":
-        chosen = outputs["labels"][i].decode()
-        separator = result.info.get("label_separator", ",")
-        return {"labels": chosen.split(separator) if chosen else [], **row}
-    return {"label": outputs["label"][i].decode(), **row}
 
 
 def cmd_export(args) -> int:
@@ -399,7 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "file, tfds:<name> or mrpc:/trec:/trec-fine:/cola:<path> (sentence "
                        "tasks), a CoNLL file (tagging), SQuAD JSON (qa), JSON lines "
                        "(summarization)")
-    train.add_argument("--validation", help="validation data; its metrics go to metrics.json")
+    train.add_argument("--validation", help="validation data: it picks the epoch kept "
+                       "(--monitor, --patience) and its metrics go to metrics.json "
+                       "(without it: --validation-split)")
+    train.add_argument("--test", help="test data, scored once at the end with the model "
+                       "kept; reported apart (metrics.json \"test\")")
     add_config_flags(train)
     extra = train.add_argument_group("runs and data splits")
     extra.add_argument("--train-articles", type=positive_int, default=None,
@@ -422,8 +425,18 @@ def build_parser() -> argparse.ArgumentParser:
                          "summarization: a document) (repeatable)")
     predict.add_argument("--text-pair", action="append", help="its second text, for pair "
                          "models (qa: its context)")
-    predict.add_argument("--input", help="a file of texts instead of --text (sentence tasks)")
-    predict.add_argument("--output", help="write JSON lines here instead of stdout")
+    predict.add_argument("--input", help="a CSV/TSV/JSON-lines file of texts (any size: "
+                         "read in chunks) instead of --text (sentence tasks); each output "
+                         "row keeps its columns")
+    predict.add_argument("--output", help="write here instead of stdout (JSON lines); the "
+                         "format follows its name (.csv, .tsv, .jsonl/.json) or --format; "
+                         "written whole or not at all")
+    predict.add_argument("--format", default=None, help="csv, tsv or jsonl (default: from "
+                         "--output's name; stdout: jsonl)")
+    predict.add_argument("--overwrite", action="store_true", help="replace an existing "
+                         "--output file")
+    predict.add_argument("--chunk-size", type=positive_int, default=4096, help="rows read "
+                         "and predicted at a time (default: 4096)")
     add_column_flags(predict, labels=False)
     predict.set_defaults(func=cmd_predict)
 

@@ -1,29 +1,113 @@
 """build_classifier and friends: the whole forward path, encoder -> pooling -> head -> outputs."""
 
+import math
 from typing import Sequence, Union
 
 import tensorflow as tf
 
-from keras_bert_ft._keras import keras
-from keras_bert_ft.encoders.hub_encoder import HubEncoder, format_report
+from keras_bert_ft._keras import check_tf_keras, keras
+from keras_bert_ft.encoders.hub_encoder import HubEncoder, LayerGroups, format_report
 from keras_bert_ft.errors import bad_argument
 from keras_bert_ft.tasks import heads
 
 
 class FineTuneModel(keras.Model):
-    """A functional model that notices when its trainable variables change.
+    """A functional model that notices when its trainable variables change, and that
+    can accumulate gradients.
 
     `HubEncoder.set_trainable_layers` between two `fit` calls changes which variables
     train; Keras would keep the first traced train step. This model re-traces the step
-    whenever the set of trainable variables differs from the one it was traced with.
+    whenever the set of trainable variables (or `accumulation_steps`) differs from the
+    one it was traced with.
+
+    `accumulation_steps` (N, default 1): each batch `fit` feeds is split into N
+    micro-batches of ceil(rows / N) rows, run one after the other (only one micro-batch's
+    activations are alive at a time); their gradients, each weighted by its share of the
+    rows, add up to the gradient of the whole batch's mean loss, and the optimizer
+    applies them once. Feed batches N times larger than what fits in memory: the step
+    is the same update as one big batch (clipping, weight decay, the learning-rate
+    schedule and Adam's step count see one step). Losses that average over something
+    other than rows (the masked token losses of tagging and summarisation average over
+    labelled positions) are matched approximately: each micro-batch still counts by rows.
     """
 
+    accumulation_steps = 1
+
     def make_train_function(self, force=False):
-        signature = tuple(id(v) for v in self.trainable_variables)
+        steps = self.accumulation_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise bad_argument("accumulation_steps", steps, "an int >= 1")
+        signature = (tuple(id(v) for v in self.trainable_variables), steps)
         if signature != getattr(self, "_kbft_trainable_signature", None):
             force = True
             self._kbft_trainable_signature = signature
         return super().make_train_function(force=force)
+
+    def train_step(self, data):
+        if self.accumulation_steps == 1:
+            return super().train_step(data)
+        return self._accumulated_train_step(data, self.accumulation_steps)
+
+    def _accumulated_train_step(self, data, steps: int):
+        """One optimizer step over `steps` micro-batches of `data` (see the class doc)."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        first = tf.nest.flatten(x)[0]
+        rows = tf.shape(first, out_type=tf.int32)[0]
+        known = first.shape[0]
+        if known:  # static sizes, so static slices (XLA, TPU): full ones, then the rest
+            size = math.ceil(known / steps)
+            loop_end, rest = divmod(known, size)
+        else:  # ceil(rows / size) micro-batches, the last one shorter: none is empty
+            size = tf.maximum((rows + steps - 1) // steps, 1)
+            loop_end, rest = (rows + size - 1) // size, 0
+
+        def length_of(index):
+            return size if known else tf.minimum(size, rows - index * size)
+
+        variables = self.trainable_variables
+        optimizer = self.optimizer
+        scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
+        total = tf.cast(rows, tf.float32)
+
+        def gradients(start, length):
+            """The weighted gradients of rows [start, start + length); metrics updated."""
+            part = tf.nest.map_structure(lambda t: _rows(t, start, length),
+                                         (x, y, sample_weight))
+            with tf.GradientTape() as tape:
+                y_pred = self(part[0], training=True)
+                loss = self.compute_loss(part[0], part[1], y_pred, part[2])
+                share = tf.math.divide_no_nan(tf.cast(length, tf.float32), total)
+                weighted = loss * tf.cast(share, loss.dtype)
+                if scaled:
+                    weighted = optimizer.get_scaled_loss(weighted)
+            grads = tape.gradient(weighted, variables)
+            if scaled:
+                grads = optimizer.get_unscaled_gradients(grads)
+            # Metric states only: a result here would sync replicas inside the loop.
+            self.compiled_metrics.update_state(part[1], y_pred, part[2])
+            return loss, part[1], [_dense(g) for g in grads]
+
+        # The first micro-batch outside the loop: Keras builds its loss and metric
+        # containers on their first call, and it tells which gradients are None.
+        loss, y_first, grads = gradients(0, length_of(0))
+        self._validate_target_and_loss(y_first, loss)
+        present = [i for i, g in enumerate(grads) if g is not None]
+
+        def body(index, accumulated):
+            more = gradients(index * size, length_of(index))[2]
+            return index + 1, [a + more[i] for a, i in zip(accumulated, present)]
+
+        # One micro-batch at a time (parallel_iterations=1): only its activations live.
+        _, summed = tf.while_loop(lambda index, _: index < loop_end, body,
+                                  (tf.constant(1), [grads[i] for i in present]),
+                                  parallel_iterations=1)
+        if rest:  # the shorter last micro-batch of a static batch
+            more = gradients(loop_end * size, rest)[2]
+            summed = [a + more[i] for a, i in zip(summed, present)]
+        for i, g in zip(present, summed):
+            grads[i] = g
+        optimizer.apply_gradients(zip(grads, variables))
+        return self.get_metrics_result()
 
     @property
     def encoder(self) -> HubEncoder:
@@ -97,6 +181,7 @@ def build_task_model(task: str, encoder: Union[HubEncoder, str], num_labels: int
 def _build(encoder, units: int, name: str, head_units, dropout, pooling) -> FineTuneModel:
     if pooling not in heads.POOLINGS:
         raise bad_argument("pooling", pooling, f"one of {', '.join(heads.POOLINGS)}")
+    check_encoder(encoder)
     if isinstance(encoder, str):
         encoder = HubEncoder(encoder)
     if pooling != "pooled":
@@ -116,3 +201,35 @@ def leave_pooler_untrained(encoder) -> None:
     encoder.set_trainable_layers(encoder._trainable_spec,
                                  train_embeddings="embeddings" in encoder._trainable_groups,
                                  train_pooler=False)
+
+
+ENCODER_EXPECTED = ("a handle (preset name, URL, local folder or gs:// path), a HubEncoder or "
+                    "a NativeEncoder (make_encoder)")
+
+
+def check_encoder(encoder) -> None:
+    """Refuses, before anything is built, an `encoder` that is neither a handle nor one of
+    the toolkit's tf_keras encoder layers (a Keras 3 layer is named as one)."""
+    check_tf_keras(encoder, "encoder", "layer", instead=ENCODER_EXPECTED)
+    if isinstance(encoder, str):
+        return
+    if not (isinstance(encoder, keras.layers.Layer) and isinstance(encoder, LayerGroups)):
+        raise bad_argument("encoder", encoder, ENCODER_EXPECTED)
+
+
+def _rows(tensor, start, length):
+    """Rows [start, start + length) of `tensor` (None stays None); a static `length`
+    keeps the slice's shape static."""
+    if tensor is None:
+        return None
+    rank = tensor.shape.rank
+    if rank is None:
+        return tensor[start:start + length]
+    return tf.slice(tensor, [start] + [0] * (rank - 1), [length] + [-1] * (rank - 1))
+
+
+def _dense(gradient):
+    """IndexedSlices (embedding lookups) as dense tensors, so they can be summed."""
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.convert_to_tensor(gradient)
+    return gradient
