@@ -257,29 +257,22 @@ def _data_config(saved, args):
 
 
 def cmd_evaluate(args) -> int:
+    from keras_bert_ft.export.predictions import check_output
     from keras_bert_ft.export.restore import saved_config
     from keras_bert_ft.tasks import get_task
-    if args.output:
-        _check_output_file(args.output)
+    from keras_bert_ft.training.run_folder import write_json
+    if args.output:  # a metrics file of ours or a new one; replaced atomically
+        check_output(args.output, overwrite=True, inputs=[args.data])
     saved, info = saved_config(args.model, name="model")  # the user's input is checked
     config = _data_config(saved, args)                    # before any model is built
     task = get_task(config.task)
     data = task.read(args.data, config, info, where="data")
     result = _restore(args)
     metrics, _ = task.evaluate(result.serving, data, config, result.info)
-    print(json.dumps(metrics, indent=2))
+    print(json.dumps(headline_metrics(metrics), indent=2))
     if args.output:
-        with open(args.output, "w") as f:
-            json.dump(metrics, f, indent=2)
+        write_json(args.output, metrics)
     return 0
-
-
-def _check_output_file(path: str, name: str = "output") -> None:
-    if os.path.isdir(path):
-        raise bad_argument(name, path, "a file path (it is a folder)")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-        raise bad_argument(name, path, "a file in an existing folder this user can write")
 
 
 def cmd_predict(args) -> int:

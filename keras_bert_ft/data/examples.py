@@ -178,7 +178,8 @@ def _json_line_chunks(path: str, chunk_size: int, encoding: str):
             try:
                 record = json.loads(line)
             except ValueError as err:
-                raise ValueError(f"line {number}: {err}") from None
+                reason = getattr(err, "msg", err)
+                raise ValueError(f"line {number} is not JSON ({reason})") from None
             if not isinstance(record, dict):
                 raise ValueError(f"line {number} is not a JSON object: {line.strip()[:80]!r}")
             records.append(record)
