@@ -95,11 +95,16 @@ def documented_commands():
                     if "kbft" in line:
                         found.append((f"{rel(doc)}:{n}", line.strip(), None, str(err)))
                     continue
-                segment = []
+                segment, redirected = [], False
                 for token in tokens + [";"]:
-                    if token not in SEPARATORS:
-                        segment.append(token)
+                    if token in (">", ">>"):  # `kbft ... > FILE`: the shell's, not kbft's
+                        redirected = True
                         continue
+                    if token not in SEPARATORS:
+                        if not redirected:
+                            segment.append(token)
+                        continue
+                    redirected = False
                     if segment and is_kbft(segment[0]):
                         reason = None
                         if skip:

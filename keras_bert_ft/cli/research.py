@@ -1,4 +1,5 @@
-"""The research subcommands of kbft: `train --seeds`, `sweep-layers`, `diff` and `probe`.
+"""The research subcommands of kbft: `train --seeds`, `sweep-layers`, `diff`, `probe` and
+`tune`.
 
 Kept apart from cli.py so the core CLI stays short; cli.py calls `add_train_flags`,
 `add_commands` and `cmd_train_seeds`.
@@ -6,7 +7,7 @@ Kept apart from cli.py so the core CLI stays short; cli.py calls `add_train_flag
 
 import argparse
 
-from keras_bert_ft.errors import bad_argument
+from keras_bert_ft.errors import KbftError, bad_argument
 
 
 def _ints(name):
@@ -103,8 +104,72 @@ def cmd_probe(args) -> int:
     return 0
 
 
+def parse_grid(specs):
+    """`--grid FIELD=V1,V2,...` (repeatable) -> {field: [values]}, each value parsed as
+    the FIELD's own flag parses it; `;` separates the values instead of `,` when a value
+    holds commas (e.g. `head_units=256;256,128`); `none` is None for fields whose default
+    is None. None when no --grid is given (tune's default grid)."""
+    from typing import Optional
+
+    from keras_bert_ft.cli.app import _kind, parse_bool
+    from keras_bert_ft.config import FIELDS
+    from keras_bert_ft.research.tune import TuneError
+    if not specs:
+        return None
+    grid = {}
+    for spec in specs:
+        key, sep, text = spec.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key or not text.strip():
+            raise TuneError(lambda n, spec=spec: f"{n('grid')} must be FIELD=VALUE,VALUE,... "
+                            f"e.g. learning_rate=2e-5,3e-5. Received: {n('grid')} {spec!r}")
+        if key in grid:
+            raise TuneError(lambda n, key=key: f"{n('grid')} {key} must be given once (its "
+                            f"values in one --grid). Received: {n('grid')} {key} twice")
+        tokens = [t.strip() for t in text.split(";" if ";" in text else ",")]
+        if key not in FIELDS:  # tune refuses it, naming the fields
+            grid[key] = tokens
+            continue
+        field = FIELDS[key]
+        kind = parse_bool if field.type == Optional[bool] else _kind(key)
+        values = []
+        for token in tokens:
+            if field.default is None and token.lower() == "none":
+                values.append(None)
+                continue
+            try:
+                values.append(kind(token))
+            except argparse.ArgumentTypeError as err:  # "must be X. Received: 'v'"
+                expected, _, received = str(err).rpartition("Received: ")
+                raise TuneError(lambda n, key=key, expected=expected, received=received: (
+                    f"{n('grid')} {key} {expected}Received: {n('grid')} {key}={received}"
+                )) from None
+        grid[key] = values
+    return grid
+
+
+def cmd_tune(args, config_from_args) -> int:
+    from keras_bert_ft.cli.app import flag_of, given_config_values
+    from keras_bert_ft.research.tune import TuneError, format_table, tune
+    try:
+        config_from_args(args)  # each fixed flag checked against --task, by its flag name
+        settings = given_config_values(args)
+        output = settings.pop("output_dir", None)
+        if output is None:
+            raise bad_argument("output_dir", None, "a folder for the search results and "
+                               "the best run")
+        result = tune(args.train, args.validation, grid=parse_grid(args.grid),
+                      test=args.test, output_dir=output, objective=args.objective,
+                      search=args.search, max_trials=args.max_trials, **settings)
+    except TuneError as err:
+        raise KbftError(err.render(flag_of)) from None
+    print(format_table(result))
+    print("\n".join(f"{name}: {path}" for name, path in result.paths.items()))
+    return 0
+
+
 def add_commands(sub, add_config_flags, add_column_flags, config_from_args) -> None:
-    """Registers `sweep-layers`, `diff` and `probe` on the kbft subparsers."""
+    """Registers `sweep-layers`, `diff`, `probe` and `tune` on the kbft subparsers."""
     sweep = sub.add_parser(
         "sweep-layers", help="fine-tune the top k layers for k = 0..L and the whole model; "
         "JSON + plot + recommendation",
@@ -169,3 +234,33 @@ def add_commands(sub, add_config_flags, add_column_flags, config_from_args) -> N
     add_column_flags(probe, labels=True)
     probe.set_defaults(func=cmd_probe)
 
+    tune = sub.add_parser(
+        "tune", help="hyperparameter search: a fine-tuning run per grid point, the best "
+        "kept by its validation metric, test data scored once on it",
+        description="Fine-tunes once per grid point (every other flag is a fixed setting, "
+        "as for kbft train) and keeps the trial with the best validation --objective. "
+        "Default grid (no --grid): the BERT paper's --grid learning_rate=2e-5,3e-5,5e-5 "
+        "--grid epochs=2,3,4 (9 trials), less a field fixed by its own flag. Choices use "
+        "validation data only (--validation, else --validation-split); --test is scored "
+        "once, with the best trial. Writes OUTPUT/tune_results.tsv, tune_results.json, "
+        "tune_results.png, tune_summary.json and best/ (a run folder with the export). "
+        "Rerun with the same flags, a search resumes where it stopped.")
+    tune.add_argument("--train", required=True, help="training data (as for kbft train)")
+    tune.add_argument("--validation", help="validation data the trials are compared on")
+    tune.add_argument("--test", help="labelled test data, scored once with the best trial")
+    tune.add_argument("--grid", action="append", metavar="FIELD=V1,V2,...",
+                      help="a config field and its values to try (repeatable; values "
+                      "parsed as the field's flag; ';' separates values that hold commas, "
+                      "e.g. head_units=256;256,128). Default: learning_rate=2e-5,3e-5,5e-5 "
+                      "and epochs=2,3,4")
+    tune.add_argument("--search", choices=("grid", "random"), default="grid",
+                      help="grid: every point (the first --grid varies slowest); random: "
+                      "--max-trials points sampled, seeded by --seed")
+    tune.add_argument("--max-trials", type=_positive_int, default=None,
+                      help="at most N trials (required with --search random)")
+    tune.add_argument("--objective", default=None,
+                      help="validation metric the trials are compared by (default: "
+                      "--monitor, else the task's main one: accuracy, f1_micro, pearson, "
+                      "entity_f1, f1 (qa), rouge2); higher is better except eval_loss and mse")
+    add_config_flags(tune)
+    tune.set_defaults(func=lambda args: cmd_tune(args, config_from_args))
