@@ -86,31 +86,19 @@ def read_table(source, *, format: Optional[str] = None, encoding: str = "utf-8-s
         return readers.read_named(*named)
     if source.startswith("tfds:"):
         return _read_tfds(source[5:], split)
-    if not os.path.isfile(source):
-        raise bad_argument(where, source, "an existing file (not found)")
-    format = format or _SUFFIXES.get(os.path.splitext(source)[1].lower())
-    if format not in FORMATS:
-        raise bad_argument("format", format, f"one of {', '.join(FORMATS)} (or a file "
-                           f"ending in {', '.join(_SUFFIXES)}) for {source!r}")
+    format = _file_format(source, format, where)
     header = None if column_names else "infer"
     try:
         if format == "jsonl":
             frame = pd.read_json(source, lines=True, encoding=encoding, dtype=False)
         else:
-            frame = pd.read_csv(
-                source, sep="\t" if format == "tsv" else ",", encoding=encoding,
-                quoting=csv.QUOTE_NONE if format == "tsv" else csv.QUOTE_MINIMAL,
-                keep_default_na=False, dtype=str, header=header,
-                names=list(column_names) if column_names else None)
+            frame = pd.read_csv(source, encoding=encoding, header=header,
+                                names=list(column_names) if column_names else None,
+                                **_csv_options(format))
     except UnicodeDecodeError as err:
-        raise KbftError(
-            f"File {source!r} is not valid {encoding} text (byte "
-            f"0x{err.object[err.start]:02x} at position {err.start}). Pass its encoding, "
-            f"e.g. encoding='latin-1' (CLI: --encoding latin-1). Received: "
-            f"encoding={encoding!r}") from None
+        raise _not_text(source, encoding, err, f"position {err.start}") from None
     except (pd.errors.ParserError, ValueError) as err:
-        first = (str(err).strip().splitlines() or ["parse error"])[0][:200]
-        raise KbftError(f"Could not parse {source!r} as {format}: {first}") from None
+        raise _not_parsed(source, format, err) from None
     if frame.empty:
         raise bad_argument(where, source, "a file with at least one example (it is empty)")
     return frame
@@ -131,13 +119,36 @@ def read_table_chunks(source, *, chunk_size: int, format: Optional[str] = None,
         frame = read_table(source, format=format, encoding=encoding, where=where)
         return (frame.iloc[start:start + chunk_size]
                 for start in range(0, len(frame), chunk_size))
+    return _table_chunks(path, chunk_size, _file_format(path, format, where), encoding, where)
+
+
+def _file_format(path: str, format: Optional[str], where: str) -> str:
+    """The format of an existing data file: `format`, else its ending's."""
     if not os.path.isfile(path):
         raise bad_argument(where, path, "an existing file (not found)")
     format = format or _SUFFIXES.get(os.path.splitext(path)[1].lower())
     if format not in FORMATS:
         raise bad_argument("format", format, f"one of {', '.join(FORMATS)} (or a file "
                            f"ending in {', '.join(_SUFFIXES)}) for {path!r}")
-    return _table_chunks(path, chunk_size, format, encoding, where)
+    return format
+
+
+def _csv_options(format: str) -> dict:
+    """How CSV and TSV files are read: every cell a string, TSV without quoting."""
+    return dict(sep="\t" if format == "tsv" else ",", keep_default_na=False, dtype=str,
+                quoting=csv.QUOTE_NONE if format == "tsv" else csv.QUOTE_MINIMAL)
+
+
+def _not_text(path: str, encoding: str, err: UnicodeDecodeError, where: str) -> KbftError:
+    return KbftError(
+        f"File {path!r} is not valid {encoding} text (byte 0x{err.object[err.start]:02x} "
+        f"at {where}). Pass its encoding, e.g. encoding='latin-1' (CLI: --encoding "
+        f"latin-1). Received: encoding={encoding!r}")
+
+
+def _not_parsed(path: str, format: str, err: Exception) -> KbftError:
+    first = (str(err).strip().splitlines() or ["parse error"])[0][:200]
+    return KbftError(f"Could not parse {path!r} as {format}: {first}")
 
 
 def _table_chunks(path: str, chunk_size: int, format: str, encoding: str, where: str):
@@ -146,24 +157,17 @@ def _table_chunks(path: str, chunk_size: int, format: str, encoding: str, where:
         if format == "jsonl":
             chunks = _json_line_chunks(path, chunk_size, encoding)
         else:
-            chunks = pd.read_csv(
-                path, sep="\t" if format == "tsv" else ",", encoding=encoding,
-                quoting=csv.QUOTE_NONE if format == "tsv" else csv.QUOTE_MINIMAL,
-                keep_default_na=False, dtype=str, chunksize=chunk_size)
+            chunks = pd.read_csv(path, encoding=encoding, chunksize=chunk_size,
+                                 **_csv_options(format))
         for chunk in chunks:
             rows += len(chunk)
             yield chunk
     except UnicodeDecodeError as err:
-        raise KbftError(
-            f"File {path!r} is not valid {encoding} text (byte "
-            f"0x{err.object[err.start]:02x} after row {rows}). Pass its encoding, e.g. "
-            f"encoding='latin-1' (CLI: --encoding latin-1). Received: "
-            f"encoding={encoding!r}") from None
+        raise _not_text(path, encoding, err, f"a row after row {rows}") from None
     except (pd.errors.ParserError, ValueError) as err:
         if isinstance(err, KbftError):
             raise
-        first = (str(err).strip().splitlines() or ["parse error"])[0][:200]
-        raise KbftError(f"Could not parse {path!r} as {format}: {first}") from None
+        raise _not_parsed(path, format, err) from None
     if rows == 0:
         raise bad_argument(where, path, "a file with at least one example (it is empty)")
 
