@@ -56,6 +56,9 @@ _EXPORTS = {
     "diff_models": "research.diff",
     "probe_layers": "research.probe",
     "linear_cka": "research.representations",
+    "tune": "research.tune",
+    "predict_file": "export.predictions",
+    "keras": "_keras",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -179,7 +179,7 @@ def test_cli_train_task_and_predict(tagging, tmp_path, monkeypatch, capsys):
     from keras_bert_ft.training import runner
     seen = []
 
-    def fake_fine_tune(train, validation, config):
+    def fake_fine_tune(train, validation, config, test=None):
         seen.append((config.task, train, validation, config))
         if config.task != "tagging":
             raise KbftError("stop here")
