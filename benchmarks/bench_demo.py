@@ -38,7 +38,6 @@ def main(argv=None) -> int:
         "sst2_test_accuracy": round(metrics["test"]["accuracy"], 4),
         "sst2_test_f1": round(metrics["test"]["f1"], 4),
         "sst2_test_mcc": round(metrics["test"]["mcc"], 4),
-        "validation_split_accuracy": round(metrics["accuracy"], 4),
         "train_examples_per_second": metrics["train_examples_per_second"],
         "peak_memory_mib": round(peak_mib(), 1),
         "demo_wall_seconds": round(wall, 1),
