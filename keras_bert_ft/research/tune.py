@@ -414,13 +414,13 @@ class _Search:
 
 def write_results(result: TuneResult, search_key: dict, split) -> dict:
     """tune_results.json / .tsv / .png and tune_summary.json under the search folder."""
-    from keras_bert_ft.training.run_folder import write_json
+    from keras_bert_ft.training.run_folder import write_json, write_tsv
     out = result.output_dir
     paths = {name: os.path.join(out, file) for name, file in (
         ("json", RESULTS_JSON), ("tsv", RESULTS_TSV), ("plot", PLOT), ("summary", SUMMARY))}
     write_json(paths["json"], {"search": search_key, "objective": result.objective,
                                "direction": result.direction, "trials": result.trials})
-    _write_text(paths["tsv"], format_tsv(result))
+    write_tsv(paths["tsv"], tsv_rows(result))
     plot_trials(result, paths["plot"])
     best = result._best_row()
     write_json(paths["summary"], {
@@ -443,19 +443,20 @@ def _metric_columns(trials: List[dict], objective: str) -> List[str]:
     return columns
 
 
-def format_tsv(result: TuneResult) -> str:
+def tsv_rows(result: TuneResult) -> List[dict]:
     """A row per trial: trial, best (*), status, the grid fields, the objective, train
     seconds, then the other numeric validation metrics."""
     metrics = _metric_columns(result.trials, result.objective)
-    header = ["trial", "best", "status", *result.grid, result.objective, "train_seconds",
-              *metrics]
-    lines = ["\t".join(header)]
+    rows = []
     for row in result.trials:
-        cells = [row["trial"], "*" if row["best"] else "", row["status"],
-                 *(_cell(row["point"][k]) for k in result.grid), _cell(row["objective"]),
-                 row["train_seconds"], *(_cell(row["metrics"].get(k)) for k in metrics)]
-        lines.append("\t".join(str(c) for c in cells))
-    return "\n".join(lines) + "\n"
+        cells = {"trial": str(row["trial"]), "best": "*" if row["best"] else "",
+                 "status": row["status"]}
+        cells.update((k, _cell(row["point"][k])) for k in result.grid)
+        cells[result.objective] = _cell(row["objective"])
+        cells["train_seconds"] = str(row["train_seconds"])
+        cells.update((k, _cell(row["metrics"].get(k))) for k in metrics)
+        rows.append(cells)
+    return rows
 
 
 def format_table(result: TuneResult) -> str:
@@ -517,13 +518,6 @@ def plot_trials(result: TuneResult, path: str) -> str:
     plt.close(fig)
     os.replace(tmp, path)
     return path
-
-
-def _write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _read_json(path: str) -> Optional[dict]:
