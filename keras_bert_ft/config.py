@@ -103,6 +103,11 @@ class FineTuneConfig:
     error_examples: int = option(100, "validation examples with the highest loss listed in "
                                  "OUTPUT/errors.tsv for error analysis (0: none)",
                                  SENTENCE_TASKS)
+    # What the export serves besides the task's outputs.
+    embed_pooling: str = option(
+        "mean", "sentence embeddings of the export's `embed` signature: mean (masked mean of "
+                "the last layer), cls ([CLS] token) or pooled (BERT's pooler)")
+    embed_normalize: bool = option(False, "L2-normalise the `embed` signature's embeddings")
     # Choosing the epoch kept.
     monitor: Optional[str] = option(
         None, "validation metric that picks the epoch kept: the best epoch's weights are "
@@ -239,7 +244,7 @@ def validate(config: FineTuneConfig) -> None:
     _number(config, "dropout", 0, 0.99)
     _number(config, "layer_decay", 0, 1, low_open=True)
     for name in ("lower_case", "jit_compile", "deterministic", "bias_correction", "overwrite",
-                 "swap_pairs"):
+                 "swap_pairs", "embed_normalize"):
         _bool(config, name)
     _bool(config, "train_embeddings", none_ok=True)
     _choice(config, "padding", ("auto", *PADDINGS))
@@ -247,6 +252,7 @@ def validate(config: FineTuneConfig) -> None:
     _choice(config, "encoder_impl", ENCODER_IMPLS)
     _choice(config, "unfreeze_unit", UNFREEZE_UNITS)
     _choice(config, "pooling", POOLINGS, none_ok=True)
+    _choice(config, "embed_pooling", POOLINGS)
     for name in ("encoder", "text_column", "label_column", "label_separator"):
         value = getattr(config, name)
         if not isinstance(value, str) or not value:

@@ -65,7 +65,8 @@ def load_sst2(data_dir: Optional[str]):
 
 
 def run_demo(data_dir: Optional[str] = None, output_dir: str = "runs/demo",
-             train_examples: Optional[int] = None, epochs: Optional[int] = None) -> dict:
+             train_examples: Optional[int] = None, epochs: Optional[int] = None,
+             seed: int = 0) -> dict:
     """Runs the demo end to end and returns the metrics."""
     from keras_bert_ft.export.saved_model import load_export, predict_export
     from keras_bert_ft.training.run_folder import save_run
@@ -89,7 +90,8 @@ def run_demo(data_dir: Optional[str] = None, output_dir: str = "runs/demo",
         epochs=settings["epochs"], batch_size=settings["batch_size"],
         learning_rate=settings["learning_rate"], seq_length=settings["seq_length"],
         trainable_layers=settings["trainable_layers"],
-        train_embeddings=settings["train_embeddings"], output_dir=output_dir, verbose=1)
+        train_embeddings=settings["train_embeddings"], seed=seed, output_dir=output_dir,
+        verbose=1)
     paths = save_run(result, output_dir)
     metrics = result.metrics
     test = metrics["test"]

@@ -322,6 +322,22 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
+    if args.check_serving is not None:
+        given = [flag for flag, value in (("--run", args.run), ("--checkpoint", args.checkpoint),
+                                          ("--output", args.output)) if value is not None]
+        if given:
+            raise KbftError(f"{', '.join(given)} does not apply with --check-serving (it only "
+                            f"audits an existing export). Received: --check-serving "
+                            f"{args.check_serving}")
+        from keras_bert_ft.export.audit import audit_export
+        report = audit_export(args.check_serving, name="check_serving")
+        print(report.summary())
+        return 0 if report.ok else 1
+    missing = [flag for flag, value in (("--run", args.run), ("--output", args.output))
+               if value is None]
+    if missing:
+        raise KbftError(f"kbft export needs {' and '.join(missing)} (or --check-serving EXPORT "
+                        "to audit an export).")
     from keras_bert_ft.export.restore import restore_run
     from keras_bert_ft.export.saved_model import check_export_dir, write_export
     check_export_dir(args.output, name="output")  # before the model is built
@@ -361,7 +377,7 @@ def cmd_convert(args) -> int:
 def cmd_demo(args) -> int:
     from keras_bert_ft.demo import run_demo
     run_demo(data_dir=args.data, output_dir=args.output,
-             train_examples=args.train_examples, epochs=args.epochs)
+             train_examples=args.train_examples, epochs=args.epochs, seed=args.seed)
     return 0
 
 
@@ -434,10 +450,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=cmd_predict)
 
     export = sub.add_parser("export", help="export a training run's checkpoint as a raw-string SavedModel")
-    export.add_argument("--run", required=True, help="the --output folder of kbft train")
+    export.add_argument("--run", help="the --output folder of kbft train (or an export)")
     export.add_argument("--checkpoint", help="checkpoint prefix (default: the latest)")
-    export.add_argument("--output", required=True, help="export folder to write: new, empty, "
+    export.add_argument("--output", help="export folder to write: new, empty, "
                         "or an earlier export (replaced atomically)")
+    export.add_argument("--check-serving", metavar="EXPORT",
+                        help="only audit the SavedModel EXPORT: list each op that TF Serving's "
+                             "model server cannot run (exit 1 if any), write nothing")
     export.set_defaults(func=cmd_export)
 
     report = sub.add_parser("report", help="trainable / frozen parameters per layer group")
@@ -459,6 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="runs/demo", help="run folder (default: runs/demo)")
     demo.add_argument("--train-examples", type=positive_int, default=None, help="training examples to use")
     demo.add_argument("--epochs", type=positive_int, default=None, help="epochs")
+    demo.add_argument("--seed", type=_typed(int, "an int"), default=0,
+                      help="random seed for initialisation, dropout and shuffling (default: 0)")
     demo.set_defaults(func=cmd_demo)
 
     doctor = sub.add_parser("doctor", help="check versions, Keras, tensorflow-text, devices, TPU/Colab; one fix per finding",

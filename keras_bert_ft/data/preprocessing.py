@@ -152,7 +152,7 @@ class Preprocessor(tf.Module):
         seq_length = seq_length or self.seq_length
         segments = list(segments)
         budget = seq_length - len(segments) - 1
-        trimmed = text.RoundRobinTrimmer(max_seq_length=budget).trim(segments)
+        trimmed = trim_round_robin(segments, budget)
         ids, type_ids = text.combine_segments(
             trimmed, start_of_sequence_id=self.cls_id, end_of_segment_id=self.sep_id)
         word_ids, mask = text.pad_model_inputs(ids, max_seq_length=seq_length,
@@ -167,6 +167,32 @@ class Preprocessor(tf.Module):
         if texts_b is not None:
             segments.append(self.tokenize(texts_b))
         return self.pack(segments, seq_length)
+
+
+def trim_round_robin(segments: Sequence[tf.RaggedTensor], budget) -> List[tf.RaggedTensor]:
+    """Cuts one or two `[batch, (pieces)]` segments to at most `budget` pieces in all,
+    taking a piece from each in turn (the first segment first), as tensorflow-text's
+    `RoundRobinTrimmer` does, with core TensorFlow ops only: its `TFText>RoundRobinTrim`
+    op is newer than the tensorflow-text that TF Serving's model server bundles."""
+    if not 1 <= len(segments) <= 2:
+        raise bad_argument("segments", len(segments), "one or two segments (a text or a pair)")
+    lengths = [s.row_lengths() for s in segments]
+    budget = tf.cast(budget, lengths[0].dtype)
+    if len(segments) == 1:
+        keep = [tf.minimum(lengths[0], budget)]
+    else:
+        # Turn by turn the first gets ceil(budget / 2) and the second the rest, unless
+        # one runs out: then the other takes what it leaves.
+        first = tf.minimum(lengths[0], tf.maximum(budget - lengths[1], (budget + 1) // 2))
+        keep = [first, tf.minimum(lengths[1], budget - first)]
+    out = []
+    for segment, count in zip(segments, keep):
+        starts = tf.cast(segment.row_starts(), count.dtype)
+        index = tf.ragged.range(starts, starts + count).flat_values
+        out.append(tf.RaggedTensor.from_row_lengths(
+            tf.gather(segment.flat_values, index), tf.cast(count, segment.row_splits.dtype),
+            validate=False))
+    return out
 
 
 def trim_to_longest(features: Dict[str, tf.Tensor], multiple: int = 8):

@@ -26,15 +26,42 @@ _TMP = ".tmp-"  # our temporary folders: .<name>.tmp-<hex> beside the target
 
 def write_export(serving, export_dir: str, metadata: Optional[dict] = None,
                  name: str = "export_dir") -> str:
-    """Writes `serving.serve_fn` as `serving_default` with the task's metadata in
-    `kbft_export.json`. The SavedModel is written to a temporary folder beside
+    """Writes `serving.serve_fn` as `serving_default`, with `serve_examples` and `embed`
+    beside it (`signatures`), and the task's metadata in `kbft_export.json`; the op audit
+    (`export.audit`) must pass: every op runs in TF Serving's model server. The SavedModel is written to a temporary folder beside
     `export_dir` and renamed into place, so a crash never leaves a half-written export
     behind; an existing export is replaced only then, and a folder that is not an
     export is refused."""
     check_export_dir(export_dir, name)
     info = {**serving.info, "inputs": list(serving.input_names), **(metadata or {})}
-    atomic_write(export_dir, lambda tmp: _save(serving, tmp, info), name=name)
+    functions, info["signatures"] = signatures(serving, info.get("config"))
+    atomic_write(export_dir, lambda tmp: _save(serving, tmp, functions, info), name=name)
     return export_dir
+
+
+def signatures(serving, config: Optional[dict] = None):
+    """The export's signature functions and their description (for kbft_export.json):
+    `serving_default` (raw strings), `serve_examples` (serialized tf.Example, features
+    named after the training columns for sentence tasks, else after the inputs) and
+    `embed` (sentence embeddings, as `embed_pooling` / `embed_normalize` say). `config`:
+    the run's config as JSON (None: the defaults)."""
+    from keras_bert_ft.config import FIELDS, SENTENCE_TASKS
+    config = config or {}
+    features = {name: name for name in serving.input_names}
+    if serving.task in SENTENCE_TASKS:
+        columns = {"text": config.get("text_column"), "text_pair": config.get("text_pair_column")}
+        features.update({k: v for k, v in columns.items() if v and k in features})
+    pooling = config.get("embed_pooling", FIELDS["embed_pooling"].default)
+    normalize = bool(config.get("embed_normalize", FIELDS["embed_normalize"].default))
+    functions = {"serving_default": serving.serve_fn,
+                 "serve_examples": serving.examples_fn(features)}
+    described = {"serving_default": {"inputs": list(serving.input_names)},
+                 "serve_examples": {"inputs": ["examples"], "features": features}}
+    embed = serving.embed_fn(pooling, normalize)
+    if embed is not None:
+        functions["embed"] = embed
+        described["embed"] = {"inputs": ["text"], "pooling": pooling, "normalize": normalize}
+    return functions, described
 
 
 def check_export_dir(export_dir: str, name: str = "export_dir") -> None:
@@ -44,8 +71,14 @@ def check_export_dir(export_dir: str, name: str = "export_dir") -> None:
                         ours=lambda p: os.path.isfile(os.path.join(p, METADATA_FILE)))
 
 
-def _save(serving, path: str, info: dict) -> None:
-    tf.saved_model.save(serving, path, signatures={"serving_default": serving.serve_fn})
+def _save(serving, path: str, functions: dict, info: dict) -> None:
+    tf.saved_model.save(serving, path, signatures=functions)
+    from keras_bert_ft.export.audit import audit_export
+    report = audit_export(path)
+    if not report.ok:  # every export must load in TF Serving's model server
+        raise KbftError("The export would not load in TF Serving: "
+                        + report.summary().replace("\n", ";"))
+    info["serving_ops"] = {"checked_against": report.releases, "ops": len(report.ops)}
     with tf.io.gfile.GFile(os.path.join(path, METADATA_FILE), "w") as f:
         json.dump(info, f, indent=2)
 

@@ -43,6 +43,61 @@ class TaskServing(tf.Module):
     def serve(self, *inputs) -> Dict[str, tf.Tensor]:
         raise NotImplementedError
 
+    # ------------------------------------------------------ the export's other signatures
+    def examples_fn(self, features: Dict[str, str]):
+        """`serve_examples`: serialized `tf.Example`s (`[batch]` strings, input `examples`)
+        -> the outputs of `serve_fn`; `features` names the bytes feature that holds each of
+        `input_names` (TFX / batch prediction feed these)."""
+        missing = [name for name in self.input_names if name not in features]
+        if missing:
+            raise bad_argument("features", features, f"a feature name for each input "
+                               f"({', '.join(self.input_names)})")
+        spec = {features[name]: tf.io.FixedLenFeature([], tf.string)
+                for name in self.input_names}
+
+        def serve_examples(examples):
+            parsed = tf.io.parse_example(examples, spec)
+            return self.serve_fn(*[parsed[features[name]] for name in self.input_names])
+
+        return tf.function(serve_examples, autograph=False, input_signature=[
+            tf.TensorSpec([None], tf.string, name="examples")])
+
+    def embed_fn(self, pooling: str = "mean", normalize: bool = False):
+        """`embed`: `[batch]` strings (input `text`) -> `embedding` `[batch, hidden]`
+        float32 from the fine-tuned encoder: the masked mean of the last layer, the [CLS]
+        token or BERT's pooled output, L2-normalised when `normalize`. None when the model
+        holds no single encoder (an ensemble)."""
+        from keras_bert_ft.encoders.hub_encoder import LayerGroups
+        from keras_bert_ft.data.preprocessing import trim_to_longest
+        from keras_bert_ft.tasks.heads import POOLINGS
+        if pooling not in POOLINGS:
+            raise bad_argument("embed_pooling", pooling, f"one of {', '.join(POOLINGS)}")
+        encoders = [layer for layer in self.model.submodules if isinstance(layer, LayerGroups)]
+        if len(encoders) != 1:
+            return None
+        encoder = encoders[0]
+
+        def embed(text):
+            features = trim_to_longest(self.preprocessor(text))
+            outputs = encoder({k: features[k] for k in ("input_word_ids", "input_mask",
+                                                         "input_type_ids")}, training=False)
+            if pooling == "pooled":
+                vectors = outputs["pooled_output"]
+            elif pooling == "cls":
+                vectors = outputs["sequence_output"][:, 0]
+            else:
+                sequence = tf.cast(outputs["sequence_output"], tf.float32)
+                mask = tf.cast(features["input_mask"], tf.float32)[:, :, None]
+                vectors = tf.reduce_sum(sequence * mask, axis=1) / tf.maximum(
+                    tf.reduce_sum(mask, axis=1), 1.0)
+            vectors = tf.cast(vectors, tf.float32)
+            if normalize:
+                vectors = tf.math.l2_normalize(vectors, axis=-1)
+            return {"embedding": vectors}
+
+        return tf.function(embed, autograph=False, input_signature=[
+            tf.TensorSpec([None], tf.string, name="text")])
+
     def run(self, *columns, batch_size: int = 32) -> List[Dict[str, np.ndarray]]:
         """`serve_fn` over Python string lists in batches: numpy outputs per batch."""
         return run_batches(lambda *b: self.serve_fn(*b), columns, batch_size)
