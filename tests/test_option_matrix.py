@@ -87,7 +87,7 @@ SMALL_TASK = {"classification": dict(pooling="cls"), "multilabel": dict(pooling=
 # `choice`: a validation split of the training data picks the epoch kept (a metric other
 # than the task's main one), with early stopping, accumulation and error analysis.
 CHOICE = dict(epochs=3, batch_size=2, seq_length=24, validation_split=0.25, patience=1,
-              accumulation_steps=2, verbose=0)
+              accumulation_steps=2, embed_pooling="cls", embed_normalize=True, verbose=0)
 PAIRS_SWAPPED = dict(pooling="cls", error_examples=3, text_pair_column="sentence2",
                      swap_pairs=True)
 CHOICE_TASK = {"classification": dict(PAIRS_SWAPPED, monitor="eval_loss",
@@ -856,7 +856,31 @@ def check_error_examples(runs, task):
     assert runs.det_a.result.errors is None  # no validation data: nothing to analyse
 
 
+def check_embed(runs, task):
+    """The export's `embed` signature as the config says: [CLS], L2-normalised, on the
+    choice run; the unnormalised masked mean by default (main run)."""
+    from keras_bert_ft.config import to_json
+    from keras_bert_ft.encoders.hub_encoder import LayerGroups
+    from keras_bert_ft.export.saved_model import signatures
+    texts = tf.constant(["the movie was good and fun", "a plot"])
+    for run, pooling, normalize in ((runs.choice, "cls", True), (runs.main, "mean", False)):
+        result = run.result
+        functions, described = signatures(result.serving, to_json(result.config))
+        assert described["embed"] == {"inputs": ["text"], "pooling": pooling,
+                                      "normalize": normalize}
+        got = functions["embed"](texts)["embedding"].numpy()
+        encoder = [m for m in result.model.submodules if isinstance(m, LayerGroups)][0]
+        features = result.preprocessor(texts)
+        sequence = encoder(features, training=False)["sequence_output"].numpy()
+        mask = features["input_mask"].numpy()[..., None]
+        want = sequence[:, 0] if pooling == "cls" else (sequence * mask).sum(1) / mask.sum(1)
+        if normalize:
+            want = want / np.linalg.norm(want, axis=1, keepdims=True)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
 HONOURED: Dict[str, Callable] = {
+    "embed_pooling": check_embed, "embed_normalize": check_embed,
     "validation_split": check_validation_split, "monitor": check_monitor,
     "patience": check_patience, "accumulation_steps": check_accumulation_steps,
     "class_weight": check_class_weight, "error_examples": check_error_examples,
