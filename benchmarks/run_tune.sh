@@ -23,7 +23,7 @@ mrpc)  # the official train/val split picks the rate, the seed and the epoch; te
 cola)  # 10% of in_domain_train held out picks the rate and the epoch; in-domain dev once
   $KBFT tune --train cola:$DATA/cola/in_domain_train.tsv --validation-split 0.1 \
       --test cola:$DATA/cola/in_domain_dev.tsv --seq-length 64 --epochs 6 --monitor mcc \
-      --verbose 0 --grid learning_rate=3e-5,5e-5 --grid batch_size=16,32 --output runs/tune_cola ;;
+      --batch-size 16 --verbose 0 --grid learning_rate=3e-5,5e-5 --output runs/tune_cola ;;
 *) echo "unknown step: $step (sst2, mrpc, cola)" >&2; exit 2 ;;
 esac
 mkdir -p $OUT

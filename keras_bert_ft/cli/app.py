@@ -325,6 +325,7 @@ def cmd_export(args) -> int:
     if args.check_serving is not None:
         given = [flag for flag, value in (("--run", args.run), ("--checkpoint", args.checkpoint),
                                           ("--output", args.output)) if value is not None]
+        given += ["--format"] if args.format != "savedmodel" else []
         if given:
             raise KbftError(f"{', '.join(given)} does not apply with --check-serving (it only "
                             f"audits an existing export). Received: --check-serving "
@@ -340,6 +341,14 @@ def cmd_export(args) -> int:
                         "to audit an export).")
     from keras_bert_ft.export.restore import restore_run
     from keras_bert_ft.export.saved_model import check_export_dir, write_export
+    if args.format == "onnx":
+        from keras_bert_ft.export import onnx as onnx_export
+        from keras_bert_ft.export.restore import saved_config
+        onnx_export.check_onnx_task(saved_config(args.run, name="run")[0].task)  # before
+        onnx_export.check_onnx_dir(args.output, name="output")  # building the model
+        result = restore_run(args.run, checkpoint=args.checkpoint, name="run")
+        print(f"onnx export: {onnx_export.export_onnx(result, args.output)}")
+        return 0
     check_export_dir(args.output, name="output")  # before the model is built
     result = restore_run(args.run, checkpoint=args.checkpoint, name="run")
     from keras_bert_ft.training.runner import export_metadata
@@ -450,10 +459,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=cmd_predict)
 
     export = sub.add_parser("export", help="export a training run's checkpoint as a raw-string SavedModel")
-    export.add_argument("--run", help="the --output folder of kbft train (or an export)")
+    export.add_argument("--run", help="the --output folder of kbft train")
     export.add_argument("--checkpoint", help="checkpoint prefix (default: the latest)")
     export.add_argument("--output", help="export folder to write: new, empty, "
                         "or an earlier export (replaced atomically)")
+    export.add_argument("--format", choices=("savedmodel", "onnx"), default="savedmodel",
+                        help="savedmodel (raw strings in, TF Serving) or onnx (the model core "
+                             "on token ids, with vocab.txt, tokenizer.json and a NumPy + "
+                             "onnxruntime runner; sentence tasks; needs keras_bert_ft[onnx])")
     export.add_argument("--check-serving", metavar="EXPORT",
                         help="only audit the SavedModel EXPORT: list each op that TF Serving's "
                              "model server cannot run (exit 1 if any), write nothing")

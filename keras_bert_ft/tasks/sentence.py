@@ -180,12 +180,22 @@ class SentenceServing(TaskServing):
             self.thresholds = tf.constant(thresholds, tf.float32)
         super().__init__(model, preprocessor, info)
 
-    def predict_features(self, features) -> Dict[str, tf.Tensor]:
+    def predict_numbers(self, features) -> Dict[str, tf.Tensor]:
+        """The numeric outputs: `score` (regression) or `probabilities` (the ONNX export's
+        whole graph; `predict_features` adds the labels)."""
         logits = tf.cast(self.model(features, training=False), tf.float32)
         if self.task == "regression":
             return {"score": logits[:, 0]}
         if self.task == "multilabel":
-            probabilities = tf.sigmoid(logits)
+            return {"probabilities": tf.sigmoid(logits)}
+        return {"probabilities": tf.nn.softmax(logits, axis=-1)}
+
+    def predict_features(self, features) -> Dict[str, tf.Tensor]:
+        numbers = self.predict_numbers(features)
+        if self.task == "regression":
+            return numbers
+        probabilities = numbers["probabilities"]
+        if self.task == "multilabel":
             predicted = probabilities >= self.thresholds
             names = tf.ragged.boolean_mask(
                 tf.broadcast_to(self.label_names, tf.shape(predicted)), predicted)
@@ -193,7 +203,6 @@ class SentenceServing(TaskServing):
                     "predictions": tf.cast(predicted, tf.int32),
                     "labels": tf.strings.reduce_join(names, axis=-1,
                                                      separator=self.label_separator)}
-        probabilities = tf.nn.softmax(logits, axis=-1)
         label_id = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         return {"probabilities": probabilities, "label_id": label_id,
                 "label": tf.gather(self.label_names, label_id)}
