@@ -210,6 +210,21 @@ class SentenceServing(TaskServing):
     def serve(self, text, text_pair=None):
         return self.predict_features(trim_to_longest(self.preprocessor(text, text_pair)))
 
+    def run(self, *columns, batch_size: int = 32):
+        """`serve_fn` over Python string lists in batches of similar length (sorted by
+        characters, so each batch pads less), outputs returned in input order as one
+        batch."""
+        n = len(columns[0]) if columns else 0
+        if n == 0 or any(len(c) != n for c in columns):
+            return super().run(*columns, batch_size=batch_size)
+        order = np.argsort([sum(len(str(c[i])) for c in columns) for i in range(n)],
+                           kind="stable")
+        outputs = concat_batches(super().run(*[[c[i] for i in order] for c in columns],
+                                             batch_size=batch_size))
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(n)
+        return [{k: v[inverse] for k, v in outputs.items()}]
+
 
 class SentenceTask(base.Task):
     """classification, multilabel or regression (the instance's `name`)."""
