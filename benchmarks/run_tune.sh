@@ -15,15 +15,15 @@ sst2)  # the 9-point grid on 4,000 training sentences (10% held out), test.tsv o
   $KBFT tune --train $DATA/sst2/train.tsv --max-train-examples 4000 --validation-split 0.1 \
       --test $DATA/sst2/test.tsv --seq-length 64 --freeze-embeddings --verbose 0 \
       --grid learning_rate=5e-5,1e-4,2e-4 --grid epochs=1,2,3 --output runs/tune_sst2 ;;
-mrpc)  # the official train/val split picks the rate, the seed and the epoch; test pairs once
+mrpc)  # the official train/val split picks the rate and the epoch; test pairs once
   $KBFT tune --train mrpc:$DATA/mrpc/msr-para-train.tsv \
       --validation mrpc:$DATA/mrpc/msr-para-val.tsv --test mrpc:$DATA/mrpc/msr-para-test.tsv \
       --swap-pairs --epochs 3 --monitor f1 --verbose 0 \
-      --grid learning_rate=1e-4,2e-4 --grid seed=0,1 --output runs/tune_mrpc ;;
+      --grid learning_rate=5e-5,1e-4,2e-4 --output runs/tune_mrpc ;;
 cola)  # 10% of in_domain_train held out picks the rate and the epoch; in-domain dev once
   $KBFT tune --train cola:$DATA/cola/in_domain_train.tsv --validation-split 0.1 \
-      --test cola:$DATA/cola/in_domain_dev.tsv --seq-length 64 --epochs 6 --monitor mcc \
-      --batch-size 16 --verbose 0 --grid learning_rate=3e-5,5e-5 --output runs/tune_cola ;;
+      --test cola:$DATA/cola/in_domain_dev.tsv --seq-length 64 --epochs 5 --monitor mcc \
+      --verbose 0 --grid learning_rate=5e-5,1e-4,2e-4 --output runs/tune_cola ;;
 *) echo "unknown step: $step (sst2, mrpc, cola)" >&2; exit 2 ;;
 esac
 mkdir -p $OUT
