@@ -20,25 +20,12 @@ from keras_bert_ft.export import onnx as onnx_export  # noqa: E402
 from keras_bert_ft.export.onnx_runner import OnnxModel, WordPiece, trim_round_robin  # noqa: E402
 from keras_bert_ft.training.runner import fine_tune  # noqa: E402
 
-from conftest import NEGATIVE, POSITIVE, SHARED_DATA  # noqa: E402
+from conftest import SHARED_DATA  # noqa: E402
+from test_serving_export import sentence_rows  # noqa: E402
 
 TINY = dict(epochs=1, batch_size=8, learning_rate=3e-3, seq_length=16, verbose=0)
 TEXTS = ["the movie was GOOD, and fun!", "it is not very bad", "", "awful plot ? é",
          "good " * 20, "the\x12film\u200bwas great"]
-
-
-def rows(task, n=24, pair=False):
-    out = []
-    for i in range(n):
-        word = (POSITIVE if i % 2 == 0 else NEGATIVE)[i % 4]
-        label = {"classification": "pos" if i % 2 == 0 else "neg",
-                 "multilabel": "pos" if i % 2 == 0 else "neg,q",
-                 "regression": float(i % 2)}[task]
-        row = {"sentence": f"the movie was {word}", "label": label}
-        if pair:
-            row["sentence2"] = f"it is {word}"
-        out.append(row)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +36,7 @@ def models(encoder2, tmp_path_factory):
     for name, task, pair in (("single", "classification", False), ("pair", "classification", True),
                              ("multilabel", "multilabel", False), ("regression", "regression", False)):
         options = dict(text_pair_column="sentence2") if pair else {}
-        result = fine_tune(pd.DataFrame(rows(task, pair=pair)), None, task=task,
+        result = fine_tune(pd.DataFrame(sentence_rows(task, pair=pair)), None, task=task,
                            encoder=encoder2, output_dir=str(out / f"{name}_run"),
                            **dict(TINY, **options))
         result.save(str(out / f"{name}_run"))

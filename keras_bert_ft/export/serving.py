@@ -69,7 +69,7 @@ class TaskServing(tf.Module):
         holds no single encoder (an ensemble)."""
         from keras_bert_ft.encoders.hub_encoder import LayerGroups
         from keras_bert_ft.data.preprocessing import trim_to_longest
-        from keras_bert_ft.tasks.heads import POOLINGS
+        from keras_bert_ft.tasks.heads import POOLINGS, masked_mean
         if pooling not in POOLINGS:
             raise bad_argument("embed_pooling", pooling, f"one of {', '.join(POOLINGS)}")
         encoders = [layer for layer in self.model.submodules if isinstance(layer, LayerGroups)]
@@ -85,11 +85,9 @@ class TaskServing(tf.Module):
                 vectors = outputs["pooled_output"]
             elif pooling == "cls":
                 vectors = outputs["sequence_output"][:, 0]
-            else:
-                sequence = tf.cast(outputs["sequence_output"], tf.float32)
-                mask = tf.cast(features["input_mask"], tf.float32)[:, :, None]
-                vectors = tf.reduce_sum(sequence * mask, axis=1) / tf.maximum(
-                    tf.reduce_sum(mask, axis=1), 1.0)
+            else:  # in float32 even under a mixed-precision policy
+                vectors = masked_mean(tf.cast(outputs["sequence_output"], tf.float32),
+                                      features["input_mask"])
             vectors = tf.cast(vectors, tf.float32)
             if normalize:
                 vectors = tf.math.l2_normalize(vectors, axis=-1)

@@ -10,13 +10,18 @@ from keras_bert_ft.errors import bad_argument
 POOLINGS = ("pooled", "cls", "mean")
 
 
+def masked_mean(sequence_output, mask):
+    """Mean of `sequence_output` `[batch, tokens, hidden]` over the real (unmasked) tokens."""
+    mask = tf.cast(mask, sequence_output.dtype)[:, :, None]
+    total = tf.reduce_sum(sequence_output * mask, axis=1)
+    return total / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+
+
 class MaskedMeanPooling(keras.layers.Layer):
     """Mean of `sequence_output` over the real (unmasked) tokens."""
 
     def call(self, sequence_output, mask):
-        mask = tf.cast(mask, sequence_output.dtype)[:, :, None]
-        total = tf.reduce_sum(sequence_output * mask, axis=1)
-        return total / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+        return masked_mean(sequence_output, mask)
 
 
 def pool(encoder_outputs, input_mask, pooling: str):
