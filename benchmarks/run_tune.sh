@@ -18,7 +18,7 @@ sst2)  # the 9-point grid on 4,000 training sentences (10% held out), test.tsv o
 mrpc)  # the official train/val split picks the rate and the epoch; test pairs once
   $KBFT tune --train mrpc:$DATA/mrpc/msr-para-train.tsv \
       --validation mrpc:$DATA/mrpc/msr-para-val.tsv --test mrpc:$DATA/mrpc/msr-para-test.tsv \
-      --swap-pairs --epochs 3 --monitor f1 --verbose 0 \
+      --swap-pairs --epochs 3 --monitor f1 --freeze-embeddings --verbose 0 \
       --grid learning_rate=5e-5,1e-4,2e-4 --output runs/tune_mrpc ;;
 cola)  # 10% of in_domain_train held out picks the rate and the epoch; in-domain dev once
   $KBFT tune --train cola:$DATA/cola/in_domain_train.tsv --validation-split 0.1 \

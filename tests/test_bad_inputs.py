@@ -227,6 +227,10 @@ CASES = {
     "train-seeds-with-tagging": lambda w, o: (
         train(w, o, "--task", "tagging", "--seeds", "2", data=w.conll), "--seeds", "2",
         ["--task tagging"]),
+    "train-qa-seeds-embed-pooling": lambda w, o: (
+        train(w, o, "--task", "qa", "--max-query-length", "6", "--seeds", "2",
+              "--embed-pooling", "cls", data=w.squad),
+        "--embed-pooling", "'cls'", ["--seeds", "ensemble"]),
     "train-seeds-zero": lambda w, o: (train(w, o, "--seeds", "0"), "--seeds", "'0'", []),
     "train-metric-without-seeds": lambda w, o: (
         train(w, o, "--metric", "f1"), "--metric", "'f1'", ["--seeds"]),

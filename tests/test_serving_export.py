@@ -332,3 +332,26 @@ def test_list_and_span_tasks_serve_examples_like_serving_default(runs):
             np.testing.assert_array_equal(got[key].numpy(), want[key].numpy())
         embedding = loaded.signatures["embed"](text=tf.constant(["a film", "good"]))["embedding"]
         assert embedding.shape == (2, 32)
+
+
+class _EnsembleServing:
+    """What `signatures` sees of an ensemble's serving: no single encoder to embed with."""
+    task = "qa"
+    input_names = ("question", "context")
+    serve_fn = None
+
+    def examples_fn(self, features):
+        return None
+
+    def embed_fn(self, pooling, normalize):
+        return None
+
+
+def test_embed_options_on_an_ensemble_export_are_refused_by_name():
+    from keras_bert_ft.export.saved_model import signatures
+    functions, described = signatures(_EnsembleServing(), {"embed_pooling": "mean"})
+    assert "embed" not in functions and "embed" not in described
+    with pytest.raises(KbftError, match="embed_pooling.*ensemble.*Received: embed_pooling='cls'"):
+        signatures(_EnsembleServing(), {"embed_pooling": "cls"})
+    with pytest.raises(KbftError, match="embed_normalize.*ensemble"):
+        signatures(_EnsembleServing(), {"embed_normalize": True})

@@ -58,7 +58,13 @@ def signatures(serving, config: Optional[dict] = None):
     described = {"serving_default": {"inputs": list(serving.input_names)},
                  "serve_examples": {"inputs": ["examples"], "features": features}}
     embed = serving.embed_fn(pooling, normalize)
-    if embed is not None:
+    if embed is None:  # an ensemble: no single encoder, so no embed to configure
+        asked = [n for n in ("embed_pooling", "embed_normalize")
+                 if n in config and config[n] != FIELDS[n].default]
+        if asked:
+            raise bad_argument(asked[0], config[asked[0]],
+                               "its default for an ensemble export (it has no embed signature)")
+    else:
         functions["embed"] = embed
         described["embed"] = {"inputs": ["text"], "pooling": pooling, "normalize": normalize}
     return functions, described

@@ -5,9 +5,8 @@ from typing import Sequence
 import tensorflow as tf
 
 from keras_bert_ft._keras import keras
+from keras_bert_ft.config import POOLINGS  # noqa: F401  (re-exported: the one list)
 from keras_bert_ft.errors import bad_argument
-
-POOLINGS = ("pooled", "cls", "mean")
 
 
 def masked_mean(sequence_output, mask):
