@@ -79,6 +79,23 @@ def test_train_writes_run_folder(single_run, capsys):
     assert not [f for f in os.listdir(single_run) if ".tmp" in f]
 
 
+def test_train_records_the_seconds_of_each_phase(single_run):
+    timings = json.load(open(os.path.join(single_run, "timings.json")))
+    phases = timings["phases"]
+    for name in ("read", "build", "tokenise", "compile", "first_step", "training",
+                 "validation", "export", "write"):
+        assert phases[name] >= 0.0, name
+    # Building, tracing the first step, training and exporting all take real time.
+    assert min(phases["build"], phases["first_step"], phases["export"]) > 0.01, phases
+    assert timings["phases_total"] == pytest.approx(sum(phases.values()), abs=0.01)
+    marks = timings["since_process_start"]
+    assert (marks["fine_tune_called"] < marks["first_step_done"] < marks["training_done"]
+            < marks["saved"]), marks
+    # The phases of one run fit inside its wall-clock span (from the call to the save).
+    inside = sum(v for k, v in phases.items() if k != "startup")
+    assert inside <= marks["saved"] - marks["fine_tune_called"] + 0.05, (inside, marks)
+
+
 def test_export_matches_in_memory_model_in_bare_process(single_run, encoder4, vocab_file):
     texts = ["the movie was great fun", "awful and boring", "zebra", ""]
     model, pre = rebuild_from_checkpoint(single_run, encoder4, vocab_file)

@@ -6,7 +6,8 @@ ours), `checkpoints/`, `logs/`, `backup/` while a run is unfinished, and at the 
 `metrics.json`, `history.json`, `history.png`, `run_config.json` and `export/`; for
 classification also `confusion_matrix.json` and `confusion_matrix.png` (and
 `test_confusion_matrix.png` with test data), and for sentence tasks `errors.tsv`, the
-validation examples with the highest loss. An existing non-empty folder that is not a run
+validation examples with the highest loss, and `timings.json`, the seconds each phase of
+the run took (keras_bert_ft.timings). An existing non-empty folder that is not a run
 folder is refused unless the user asks to `overwrite`.
 """
 
@@ -14,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from typing import List, Optional
 
 import numpy as np
@@ -22,13 +24,14 @@ from keras_bert_ft._keras import keras
 from keras_bert_ft.config import to_json
 from keras_bert_ft.errors import KbftError, bad_argument
 from keras_bert_ft.paths import check_output_folder
+from keras_bert_ft.timings import TIMINGS_FILE, PhaseTimer
 from keras_bert_ft.training.strategy import is_chief
 
 MARKER = ".kbft-run"
 RUN_CONFIG = "run_config.json"
 # Written only by some runs: a previous run's copies are removed so none is left stale.
 OPTIONAL_OUTPUTS = ("confusion_matrix.json", "confusion_matrix.png",
-                    "test_confusion_matrix.png", "errors.tsv")
+                    "test_confusion_matrix.png", "errors.tsv", TIMINGS_FILE)
 
 
 def is_run_folder(path: str) -> bool:
@@ -88,8 +91,11 @@ def save_run(result, output_dir: str, export: bool = True) -> dict:
     if os.path.abspath(output_dir) != os.path.abspath(result.config.output_dir or ""):
         prepare(output_dir, overwrite=result.config.overwrite)
     paths = {}
+    timer = getattr(result, "timings", None) or PhaseTimer()
     if export:
-        paths["export"] = result.export(os.path.join(output_dir, "export"))
+        with timer.phase("export"):
+            paths["export"] = result.export(os.path.join(output_dir, "export"))
+    writing = time.perf_counter()
     write_json(os.path.join(output_dir, "metrics.json"), result.metrics)
     write_json(os.path.join(output_dir, "history.json"), result.history)
     write_json(os.path.join(output_dir, RUN_CONFIG), {**to_json(result.config), **result.info})
@@ -107,6 +113,11 @@ def save_run(result, output_dir: str, export: bool = True) -> dict:
     errors = getattr(result, "errors", None)
     if errors:
         paths["errors"] = write_tsv(os.path.join(output_dir, "errors.tsv"), errors)
+    if getattr(result, "timings", None) is not None:  # a run trained here, not a restored one
+        timer.add("write", time.perf_counter() - writing)
+        timer.mark("saved")
+        paths["timings"] = os.path.join(output_dir, TIMINGS_FILE)
+        write_json(paths["timings"], timer.to_json())
     written = {os.path.basename(p) for p in paths.values()}
     if matrix:
         written.add("confusion_matrix.json")

@@ -17,7 +17,9 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
+from keras_bert_ft import timings
 from keras_bert_ft._keras import keras
+from keras_bert_ft.timings import PhaseTimer
 from keras_bert_ft.config import FIELDS, FineTuneConfig, make_config, to_json
 from keras_bert_ft.data.pipeline import batches, epoch_batches, training_input
 from keras_bert_ft.errors import KbftError
@@ -92,6 +94,8 @@ class FineTuneResult:
     strategy: Optional[tf.distribute.Strategy] = None
     # The validation examples the model gets most wrong (`errors.tsv`), when the task has it.
     errors: Optional[list] = None
+    # Seconds per phase of the run (`timings.json`); `save` adds export and writing.
+    timings: Optional[PhaseTimer] = None
 
     @property
     def task(self) -> str:
@@ -173,6 +177,8 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
         >>> result = fine_tune("train.tsv", "dev.tsv", epochs=1, trainable_layers=2)
         >>> result.metrics["accuracy"], result.export("out/export")
     """
+    timer = PhaseTimer()
+    timer.startup()
     config = make_config(config, **overrides)
     _check_keras_objects(callbacks, metrics, optimizer, config)
     task = get_task(config.task)
@@ -184,16 +190,19 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
         enable_determinism(config.seed)
     else:
         keras.utils.set_random_seed(config.seed)
-    train_data, info, val_data = read_data(task, train, validation, config)
-    test_data = None if test is None else task.read(test, config, info, where="test")
+    with timer.phase("read"):
+        train_data, info, val_data = read_data(task, train, validation, config)
+        test_data = None if test is None else task.read(test, config, info, where="test")
     strategy = ensure_strategy(strategy or config.strategy, config.tpu_address)
     config = tpu.resolve_hardware_settings(config, strategy)
     if config.output_dir:
         run_folder.prepare(config.output_dir, overwrite=config.overwrite)
-    model, encoder = build.build_model(task, config, info, strategy,
-                                       tpu.encoder_load_kwargs(config.encoder, strategy))
-    preprocessor = build.build_preprocessor(encoder, config, needs_vocab=task.needs_vocab)
-    train_features = task.featurize(train_data, preprocessor, config, info)
+    with timer.phase("build"):
+        model, encoder = build.build_model(task, config, info, strategy,
+                                           tpu.encoder_load_kwargs(config.encoder, strategy))
+        preprocessor = build.build_preprocessor(encoder, config, needs_vocab=task.needs_vocab)
+    with timer.phase("tokenise"):
+        train_features = task.featurize(train_data, preprocessor, config, info)
     if train_features is None or not len(train_features):
         raise KbftError(f"No training example of {_source(train)} can be trained on.")
     padding = resolve_padding(config.padding, strategy)
@@ -203,6 +212,7 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
     model.accumulation_steps = config.accumulation_steps
     steps_per_epoch = epoch_batches(train_features.features, batch_size=step_batch,
                                     padding=padding, drop_remainder=drop_remainder)
+    compiling = time.perf_counter()
     multipliers = learning_rate_multipliers(model, config)
     with strategy.scope():
         if optimizer is None:
@@ -236,9 +246,11 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
                                  token_labels=task.token_labels,
                                  steps_per_epoch=steps_per_epoch,
                                  start_step=backup.start_step if backup else 0)
+    timer.add("compile", time.perf_counter() - compiling)
     val_ds = None
-    val_features = (task.featurize(val_data, preprocessor, config, info)
-                    if val_data is not None and monitor is None else None)
+    with timer.phase("tokenise"):
+        val_features = (task.featurize(val_data, preprocessor, config, info)
+                        if val_data is not None and monitor is None else None)
     if val_features is not None and len(val_features):  # evaluation keeps its order
         val_ds = batches(val_features.features, val_features.labels,
                          batch_size=config.batch_size, token_labels=task.token_labels,
@@ -249,12 +261,17 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
     keep_best = None
     if monitor is not None:  # scores each epoch before the history keeper writes it
         epoch_serving = task.serving(model, preprocessor, config, info)
+        def evaluate_epoch():
+            with timer.phase("validation"):
+                return task.evaluate(epoch_serving, val_data, config, info)[0]
+
         keep_best = KeepBestEpoch(
-            lambda: task.evaluate(epoch_serving, val_data, config, info)[0], monitor,
+            evaluate_epoch, monitor,
             config.patience, earlier=backup.resume.history if backup and backup.resume else None,
             checkpoints=os.path.join(config.output_dir, "checkpoints") if config.output_dir
             else None, verbose=config.verbose)
-    all_callbacks = [*([keep_best] if keep_best else []), *guard, throughput,
+    all_callbacks = [timings.callback(timer), *([keep_best] if keep_best else []), *guard,
+                     throughput,
                      *run_folder.checkpoint_callbacks(config.output_dir),
                      *_unfreezing_callbacks(config), *callbacks]
     history = model.fit(train_input.data, steps_per_epoch=train_input.steps_per_epoch,
@@ -266,12 +283,13 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
     serving = task.serving(model, preprocessor, config, info)
     metrics, errors = {}, None
     if val_data is not None:
-        metrics, tuned = task.evaluate(serving, val_data, config, info)
-        if tuned != info:  # e.g. multilabel thresholds tuned on validation
-            info = tuned
-            serving = task.serving(model, preprocessor, config, info)
-        if config.error_examples:
-            errors = task.error_analysis(serving, val_data, config, info)
+        with timer.phase("validation"):
+            metrics, tuned = task.evaluate(serving, val_data, config, info)
+            if tuned != info:  # e.g. multilabel thresholds tuned on validation
+                info = tuned
+                serving = task.serving(model, preprocessor, config, info)
+            if config.error_examples:
+                errors = task.error_analysis(serving, val_data, config, info)
     if keep_best is not None:
         metrics.update(keep_best.report())
     metrics.update(train_features.stats)
@@ -280,10 +298,11 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
         metrics["validation_split_examples"] = len(val_data)
     metrics["train_examples_per_second"] = round(throughput.examples_per_second, 2)
     if test_data is not None:  # scored once, with the model kept
-        metrics["test"] = task.evaluate(serving, test_data, config, info)[0]
+        with timer.phase("test"):
+            metrics["test"] = task.evaluate(serving, test_data, config, info)[0]
     return FineTuneResult(model=model, serving=serving, config=config, info=info,
                           history=_plain_history(history), metrics=metrics, strategy=strategy,
-                          errors=errors)
+                          errors=errors, timings=timer)
 
 
 def _source(data) -> str:
