@@ -16,7 +16,7 @@ SENTENCE_TASKS = ("classification", "multilabel", "regression")
 SEQUENCE_TASKS = ("tagging", "qa", "summarization")
 TASKS = SENTENCE_TASKS + SEQUENCE_TASKS
 PADDINGS = ("bucketed", "dynamic", "static")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 ENCODER_IMPLS = ("auto", "native", "hub")
 UNFREEZE_UNITS = ("epoch", "step")
 POOLINGS = ("pooled", "cls", "mean")
@@ -122,9 +122,11 @@ class FineTuneConfig:
     tpu_address: str = option("", 'TPU to use: "" finds Colab\'s or $TPU_NAME, "local" is a '
                               "Cloud TPU VM's own, else a TPU name or grpc:// address")
     mixed_precision: Optional[str] = option(
-        None, "mixed_bfloat16 (TPU, recent CPUs) or mixed_float16 (GPU, with loss scaling); "
-              "reaches the encoder's matmuls on the native path only (see encoder_impl); "
-              "default: mixed_bfloat16 on a TPU, else float32")
+        "auto", "auto (mixed_bfloat16 where the hardware computes bfloat16 natively: TPUs, "
+                "GPUs of compute capability 8.0+, CPUs with AVX512-BF16 or AMX; else "
+                "float32; kbft doctor says which), float32, mixed_bfloat16 or "
+                "mixed_float16 (GPU, with loss scaling); reaches the encoder's matmuls on "
+                "the native path only (see encoder_impl)")
     jit_compile: bool = option(False, "compile the train step with XLA")
     steps_per_execution: Optional[int] = option(
         None, "train steps per tf.function call; default: 32 on a TPU, else 1")

@@ -56,6 +56,9 @@ class Task:
     primary_metric = ""
     # Validation metrics `monitor` may name (all numbers; lower is better for LOWER_IS_BETTER).
     metric_names: Tuple[str, ...] = ()
+    # `evaluate` reuses the last epoch's served outputs when the weights did not change, so
+    # scoring validation through serving every epoch costs no extra pass at the end.
+    reuses_predictions = False
 
     def read(self, source, config, info: Optional[dict] = None, where: Optional[str] = None):
         """Examples from `source` (a path or in-memory records); `info` is the training

@@ -229,6 +229,8 @@ class SentenceServing(TaskServing):
 class SentenceTask(base.Task):
     """classification, multilabel or regression (the instance's `name`)."""
 
+    reuses_predictions = True
+
     def __init__(self, name: str):
         self.name = name
         self.primary_metric = PRIMARY_METRIC[name]

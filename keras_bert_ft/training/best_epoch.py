@@ -50,9 +50,10 @@ def check_validation(config, validation) -> None:
 class KeepBestEpoch(keras.callbacks.Callback):
     """Scores validation after each epoch (`evaluate() -> metrics`), logs `val_<name>`,
     stops after `patience` epochs without improvement of `monitor`, and `restore()`s the
-    best epoch's weights at the end."""
+    best epoch's weights at the end. With `monitor=None` it only scores and logs (the
+    last epoch is kept)."""
 
-    def __init__(self, evaluate: Callable[[], dict], monitor: str, patience: int = 0,
+    def __init__(self, evaluate: Callable[[], dict], monitor: Optional[str], patience: int = 0,
                  earlier: Optional[dict] = None, checkpoints: Optional[str] = None,
                  verbose: int = 0):
         super().__init__()
@@ -86,7 +87,7 @@ class KeepBestEpoch(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         metrics = self.evaluate()
-        if self.monitor not in metrics:
+        if self.monitor is not None and self.monitor not in metrics:
             raise KbftError(f"monitor {self.monitor!r} is not among this run's validation "
                             f"metrics ({', '.join(sorted(metrics))}). Received: "
                             f"monitor={self.monitor!r}", argument="monitor")
@@ -97,6 +98,8 @@ class KeepBestEpoch(keras.callbacks.Callback):
             if "eval_loss" in metrics:
                 logs["val_loss"] = float(metrics["eval_loss"])
         self.epochs = epoch + 1
+        if self.monitor is None:
+            return
         if self._consider(float(metrics[self.monitor])):
             self.best_weights = self.model.get_weights()
         if self.verbose:

@@ -46,7 +46,9 @@ def precision_policy(name: Optional[str]):
 def build_model(task, config, info: dict, strategy, load_kwargs: Optional[dict] = None):
     """The untrained model of `task` on the configured encoder (trainable layers, re-init,
     precision), built under `strategy`'s scope. Returns (model, encoder)."""
-    with strategy.scope(), precision_policy(config.mixed_precision):
+    from keras_bert_ft.training.precision import resolve_precision
+    with strategy.scope(), precision_policy(resolve_precision(config.mixed_precision,
+                                                              strategy)):
         encoder = make_encoder(config.encoder, config.encoder_impl,
                                trainable_layers=config.trainable_layers,
                                train_embeddings=config.train_embeddings,

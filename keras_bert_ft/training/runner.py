@@ -247,10 +247,15 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
                                  steps_per_epoch=steps_per_epoch,
                                  start_step=backup.start_step if backup else 0)
     timer.add("compile", time.perf_counter() - compiling)
+    # Validation is scored through the task's serving after each epoch when an epoch is
+    # chosen, or when the task reuses those outputs for the final evaluation (one pass and
+    # one traced function fewer than Keras's own validation); else by Keras in `fit`.
+    score_epochs = monitor is not None or (val_data is not None and task.reuses_predictions
+                                           and not tpu.is_tpu(strategy))
     val_ds = None
     with timer.phase("tokenise"):
         val_features = (task.featurize(val_data, preprocessor, config, info)
-                        if val_data is not None and monitor is None else None)
+                        if val_data is not None and not score_epochs else None)
     if val_features is not None and len(val_features):  # evaluation keeps its order
         val_ds = batches(val_features.features, val_features.labels,
                          batch_size=config.batch_size, token_labels=task.token_labels,
@@ -258,8 +263,8 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
                          drop_remainder=tpu.is_tpu(strategy))
     throughput = ThroughputCallback(step_batch, len(train_features))
     guard = backup.callbacks() if backup else [StopOnNonFiniteLoss()]
-    keep_best = None
-    if monitor is not None:  # scores each epoch before the history keeper writes it
+    keep_best = epoch_serving = None
+    if score_epochs:  # scores each epoch before the history keeper writes it
         epoch_serving = task.serving(model, preprocessor, config, info)
         def evaluate_epoch():
             with timer.phase("validation"):
@@ -280,7 +285,8 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
     history = history.history if backup is None else backup.full_history(history.history)
     if keep_best is not None:
         keep_best.restore(model)
-    serving = task.serving(model, preprocessor, config, info)
+    # The per-epoch serving again: its traced function serves evaluation and the export.
+    serving = epoch_serving or task.serving(model, preprocessor, config, info)
     metrics, errors = {}, None
     if val_data is not None:
         with timer.phase("validation"):
@@ -290,7 +296,7 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
                 serving = task.serving(model, preprocessor, config, info)
             if config.error_examples:
                 errors = task.error_analysis(serving, val_data, config, info)
-    if keep_best is not None:
+    if monitor is not None:
         metrics.update(keep_best.report())
     metrics.update(train_features.stats)
     metrics["train_examples"] = metrics.get("train_examples", len(train_data))

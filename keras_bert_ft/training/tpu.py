@@ -31,14 +31,17 @@ _HUB_HOSTS = ("https://tfhub.dev/", "https://www.kaggle.com/models/", "https://k
 def resolve_hardware_settings(config, strategy):
     """`config` with its hardware-dependent settings resolved for `strategy`.
 
-    Everywhere: unset `mixed_precision` is float32 and unset `steps_per_execution` is 1.
+    Everywhere: `mixed_precision="auto"` becomes the hardware's choice (precision.py:
+    mixed_bfloat16 on a TPU, float32 on this kind of CPU, ...), unset
+    `steps_per_execution` is 1.
     On a TPU: `padding` must be `auto` or `static` (and becomes `static`), the batch must
-    split evenly across the cores, unset `mixed_precision` is `mixed_bfloat16`,
+    split evenly across the cores,
     `mixed_float16` is refused, unset `steps_per_execution` is 32, and a TPU reached over
     the network needs a `gs://` `output_dir`.
     """
+    from keras_bert_ft.training.precision import resolve_precision
     on_tpu = is_tpu(strategy)
-    precision = config.mixed_precision or ("mixed_bfloat16" if on_tpu else "float32")
+    precision = resolve_precision(config.mixed_precision, strategy)
     steps = config.steps_per_execution or (TPU_STEPS_PER_EXECUTION if on_tpu else 1)
     if not on_tpu:
         return dataclasses.replace(config, mixed_precision=precision, steps_per_execution=steps)
