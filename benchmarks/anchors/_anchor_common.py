@@ -21,6 +21,7 @@ def parse_args(description):
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--model-dir", required=True, help="Hugging Face checkpoint folder")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save", default=None, help="folder to save the fine-tuned model in")
     return parser.parse_args()
 
 

@@ -53,6 +53,9 @@ def main():
                               max_length=128, return_tensors="pt")
             predictions = model(**batch).logits.argmax(-1).numpy()
             correct += int((predictions == np.array(dev_labels[i:i + 64])).sum())
+    if args.save:  # the fine-tuned model written out, as a user's script ends
+        model.save_pretrained(args.save)
+        tokenizer.save_pretrained(args.save)
     report("hf_transformers_torch", examples_per_second, correct / len(dev_texts), steps,
            torch=torch.__version__, threads=torch.get_num_threads())
 

@@ -548,6 +548,10 @@ def user_message(err: KbftError, flags: dict) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    # _keras.py's choice (tf_keras), made before anything in this process imports
+    # TensorFlow: `import tensorflow` then loads tf_keras instead of Keras 3 and the
+    # scikit-learn it pulls in (about 2 s of every command's start-up).
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -78,7 +78,9 @@ def check_export_dir(export_dir: str, name: str = "export_dir") -> None:
 
 
 def _save(serving, path: str, functions: dict, info: dict) -> None:
-    tf.saved_model.save(serving, path, signatures=functions)
+    from keras_bert_ft._keras import without_layer_traces
+    with without_layer_traces():
+        tf.saved_model.save(serving, path, signatures=functions)
     from keras_bert_ft.export.audit import audit_export
     report = audit_export(path)
     if not report.ok:  # every export must load in TF Serving's model server
