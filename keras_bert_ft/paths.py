@@ -38,3 +38,13 @@ def check_output_folder(path, name: str, *, ours: Callable[[str], bool] = lambda
         raise bad_argument(name, path, f"a folder path this user can write ({parent} is "
                            f"{'not writable' if os.path.isdir(parent) else 'a file'})")
     return False
+
+
+def cache_dir() -> str:
+    """Where the toolkit keeps what it can reuse across runs (KBFT_CACHE_DIR, else
+    $XDG_CACHE_HOME/keras_bert_ft, else ~/.cache/keras_bert_ft). Everything in it may be
+    deleted at any time; nothing there is ever the only copy of anything."""
+    if os.environ.get("KBFT_CACHE_DIR"):
+        return os.environ["KBFT_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "keras_bert_ft")

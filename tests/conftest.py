@@ -3,6 +3,10 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The toolkit's reusable results (native-encoder checks) go to a folder of this process,
+# never the user's ~/.cache; tests that need it empty set their own.
+import tempfile  # noqa: E402
+os.environ["KBFT_CACHE_DIR"] = tempfile.mkdtemp(prefix="kbft-test-cache-")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -91,3 +91,48 @@ def test_make_encoder_falls_back_for_unrecognised_encoders(unnamed_encoder, enco
         make_encoder(unnamed_encoder, "native")
     with pytest.raises(KbftError, match="Received: encoder_impl='fast'"):
         make_encoder(encoder2, "fast")
+
+
+def test_saved_model_variables_are_read_without_restoring_it(encoder4):
+    import tensorflow_hub as hub
+    from keras_bert_ft.encoders import native
+    restored = hub.load(encoder4)
+    values, vocab, lower = native.read_saved_model(encoder4)
+    expected = native._values(restored)
+    assert list(values) == list(expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(values[name], value.numpy())
+    assert (vocab, lower) == native._vocab_info(restored)
+
+
+def test_a_checked_encoder_is_built_from_its_variables_the_next_time(encoder4, tmp_path,
+                                                                      monkeypatch):
+    """The second NativeEncoder of the same files skips restoring and running the
+    SavedModel (the check passed before) and gives the same outputs; changed files are
+    checked again."""
+    import os
+    from keras_bert_ft.encoders import native
+    monkeypatch.setenv("KBFT_CACHE_DIR", str(tmp_path / "cache"))
+    first = NativeEncoder(encoder4)
+    assert os.path.isfile(tmp_path / "cache" / "native_encoder_checks.json")
+    loads = []
+    real = native._load_reference
+    monkeypatch.setattr(native, "_load_reference", lambda *a: loads.append(a) or real(*a))
+    second = NativeEncoder(encoder4)
+    assert loads == [] and second.activation == first.activation
+    assert (second.vocab_path, second.do_lower_case) == (first.vocab_path, first.do_lower_case)
+    for key in ("sequence_output", "pooled_output"):
+        np.testing.assert_allclose(second(_inputs())[key].numpy(),
+                                   first(_inputs())[key].numpy(), atol=1e-6)
+    pb = os.path.join(encoder4, "saved_model.pb")
+    stat = os.stat(pb)
+    os.utime(pb, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # "changed" files
+    NativeEncoder(encoder4)
+    assert len(loads) == 1
+
+
+def test_an_unwritable_cache_only_means_checking_every_time(encoder4, tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("KBFT_CACHE_DIR", str(blocker / "cache"))
+    assert NativeEncoder(encoder4).activation in ("exact_gelu", "tanh_gelu")

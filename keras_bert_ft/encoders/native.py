@@ -8,10 +8,20 @@ BERT and everything `kbft convert` writes), NativeEncoder builds the same networ
 SavedModel's variables into it by name, and checks that both give the same outputs. It
 keeps HubEncoder's interface and per-layer trainability (the same variable groups).
 Encoders it does not recognise stay on the restored path (`make_encoder(impl="auto")`).
+
+The check restores the whole SavedModel (its functions too) and runs it: seconds of every
+run's start-up. A local SavedModel that passed it, with the same files (paths, sizes,
+modification times), TensorFlow version and precision, is remembered in the cache folder
+(paths.cache_dir): the next run reads its variables straight from the checkpoint and
+builds the encoder without restoring or running the SavedModel.
 """
 
 import collections
 import concurrent.futures
+import glob
+import hashlib
+import json
+import os
 from typing import Optional
 
 import numpy as np
@@ -63,11 +73,24 @@ class NativeEncoder(LayerGroups, keras.layers.Layer):
         self.frozen_inference = bool(frozen_inference)
         resolved = presets.resolve_encoder(handle)
         check_local_handle(resolved)
-        with concurrent.futures.ThreadPoolExecutor(1) as thread:
-            restored, probe, expected = thread.submit(
-                _load_reference, handle, resolved, load_options).result()
-        self.vocab_path, self.do_lower_case = _vocab_info(restored)
-        self.bert, self.activation = _rebuild(restored, probe, expected)
+        key = _fingerprint(resolved) if load_options is None else None
+        checked = _checked_activation(key)
+        if checked:  # this SavedModel passed the check before: its variables suffice
+            try:
+                values, self.vocab_path, self.do_lower_case = read_saved_model(resolved)
+                self.bert = _bert_encoder(_dims(values), checked)
+                _assign(self.bert, values)
+                self.activation = checked
+            except (NotRecognised, OSError, ValueError, KeyError, IndexError,
+                    tf.errors.OpError):
+                checked = None  # read it the long way, as if never seen
+        if not checked:
+            with concurrent.futures.ThreadPoolExecutor(1) as thread:
+                restored, probe, expected = thread.submit(
+                    _load_reference, handle, resolved, load_options).result()
+            self.vocab_path, self.do_lower_case = _vocab_info(restored)
+            self.bert, self.activation = _rebuild(restored, probe, expected)
+            _remember_check(key, self.activation)
         self._groups = group_variables(self.bert.weights)
         self._start_training_state(trainable_layers, train_embeddings, train_pooler,
                                    reinit_layers, reinit_pooler, reinit_seed)
@@ -148,6 +171,103 @@ def _load_reference(handle, resolved, load_options):
         raise _load_error(handle, resolved, err) from err
     probe = _probe_inputs(_dims(_values(restored)))
     return restored, probe, restored(probe, training=False)["sequence_output"].numpy()
+
+
+def read_saved_model(folder: str):
+    """(trainable variable name -> value, vocab path, do_lower_case) of a local TF-Hub
+    SavedModel, read from its checkpoint and object graph without restoring it: the
+    same names and values as `_values(hub.load(folder))` and `_vocab_info`."""
+    from tensorflow.core.protobuf import saved_model_pb2, trackable_object_graph_pb2
+    with open(os.path.join(folder, "saved_model.pb"), "rb") as f:
+        meta = saved_model_pb2.SavedModel.FromString(f.read()).meta_graphs[0]
+    nodes = meta.object_graph_def.nodes
+    reader = tf.train.load_checkpoint(os.path.join(folder, "variables", "variables"))
+    graph = trackable_object_graph_pb2.TrackableObjectGraph.FromString(
+        reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    if len(graph.nodes) != len(nodes):
+        raise NotRecognised("the checkpoint's object graph differs from the SavedModel's")
+
+    def value(i):
+        keys = [a.checkpoint_key for a in graph.nodes[i].attributes
+                if a.name == "VARIABLE_VALUE"]
+        return reader.get_tensor(keys[0])
+
+    values = collections.OrderedDict(
+        (node.variable.name, value(i)) for i, node in enumerate(nodes)
+        if node.WhichOneof("kind") == "variable" and node.variable.trainable)
+    root = {child.local_name: child.node_id for child in nodes[0].children}
+    vocab = lower = None
+    if "vocab_file" in root and nodes[root["vocab_file"]].WhichOneof("kind") == "asset":
+        asset = meta.asset_file_def[nodes[root["vocab_file"]].asset.asset_file_def_index]
+        vocab = os.path.join(folder, "assets", asset.filename)
+    if "do_lower_case" in root and nodes[root["do_lower_case"]].WhichOneof("kind") == "variable":
+        lower = bool(value(root["do_lower_case"]))
+    return values, vocab, lower
+
+
+_CHECKS_FILE = "native_encoder_checks.json"
+_CHECKS_KEPT = 256
+
+
+def _fingerprint(resolved: str) -> Optional[str]:
+    """What the check's verdict depends on: a local SavedModel's files (path, sizes,
+    modification times), TensorFlow's version and the compute precision. None for a
+    remote handle (nothing to stat; it is checked every time)."""
+    from keras_bert_ft.encoders.hub_encoder import is_remote
+    if is_remote(resolved):
+        return None
+    folder = os.path.abspath(resolved)
+    files = [os.path.join(folder, "saved_model.pb"),
+             *sorted(glob.glob(os.path.join(folder, "variables", "variables.*")))]
+    try:
+        stats = [f"{os.path.relpath(p, folder)}:{os.stat(p).st_size}:{os.stat(p).st_mtime_ns}"
+                 for p in files]
+    except OSError:
+        return None
+    compute = keras.mixed_precision.global_policy().compute_dtype
+    return hashlib.sha1("|".join([folder, tf.__version__, compute, *stats]).encode()).hexdigest()
+
+
+def _checks_path() -> str:
+    from keras_bert_ft.paths import cache_dir
+    return os.path.join(cache_dir(), _CHECKS_FILE)
+
+
+def _read_checks() -> dict:
+    try:
+        with open(_checks_path()) as f:
+            found = json.load(f)
+        return found if isinstance(found, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _checked_activation(key: Optional[str]) -> Optional[str]:
+    activation = _read_checks().get(key) if key else None
+    return activation if activation in _ACTIVATIONS else None
+
+
+def _remember_check(key: Optional[str], activation: str) -> None:
+    """Adds a passed check to the cache (written whole, then renamed into place); a cache
+    folder that cannot be written only means the check runs again next time."""
+    if not key:
+        return
+    checks = _read_checks()
+    checks.pop(key, None)
+    checks[key] = activation
+    checks = dict(list(checks.items())[-_CHECKS_KEPT:])  # the most recent ones
+    path = _checks_path()
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(tmp, "w") as f:
+            json.dump(checks, f)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
 
 
 def _values(restored):
