@@ -116,7 +116,10 @@ def test_test_data_scored_once_with_the_best_trial(searched):
                 == summary["best_point"])
     test_calls = [serving for serving, n in calls if n == 12]
     assert len(test_calls) == 1 and test_calls[0] is best.serving
-    assert len([n for _, n in calls if n == 16]) == 4  # each trial: validation only
+    # Each trial scores validation only: after every epoch and at the end (which reuses
+    # the last epoch's outputs).
+    epochs = searched["trials"][0].config.epochs
+    assert len([n for _, n in calls if n == 16]) == 4 * (epochs + 1)
     assert summary["test_metrics"]["eval_examples"] == 12
     assert summary["validation_metrics"]["eval_examples"] == 16
     rows = read_json(out, "tune_results.json")["trials"]
