@@ -4,10 +4,9 @@ float32 elsewhere.
 bfloat16 halves the bytes every matmul moves and keeps float32's exponent range, so it
 needs no loss scaling. `auto` takes it where the chip has bfloat16 units: TPUs, NVIDIA
 GPUs of compute capability 8.0 and up (Ampere on), and CPUs with AVX512-BF16 or AMX; it
-keeps float32 elsewhere, where bfloat16 is converted in software and accuracy is the
-only sure thing (on the 2-core AVX2 CPU of docs/measurements.md an explicit
-`mixed_bfloat16` still trained 1.25x faster: worth measuring on one's own machine).
-`kbft doctor` prints the choice and why.
+keeps float32 elsewhere, where bfloat16 would be converted in software. (On a 2-core
+CPU with AVX512-BF16, docs/measurements.md: `mixed_bfloat16` trained 1.25x faster at
+the same accuracy.) `kbft doctor` prints the choice and why.
 """
 
 from typing import Iterable, Optional, Sequence, Tuple
@@ -52,8 +51,8 @@ def choose_precision(*, tpu: bool, gpus: Sequence[Tuple[int, int]],
     native = sorted(set(flags) & set(CPU_BF16_FLAGS))
     if native:
         return "mixed_bfloat16", f"this CPU computes bfloat16 natively ({', '.join(native)})"
-    return "float32", ("this CPU has neither AVX512-BF16 nor AMX (no native bfloat16); "
-                       "--mixed-precision mixed_bfloat16 may still be faster here: measure it")
+    return "float32", ("this CPU has neither AVX512-BF16 nor AMX, so bfloat16 would be "
+                       "converted in software")
 
 
 def _cpu_only(strategy) -> bool:
