@@ -87,7 +87,7 @@ def test_two_workers_train_what_mirrored_trains(tmp_path, dropout_free_encoder, 
     assert "export: " in chief and "worker finished; the chief wrote the run folder" in worker
     # The chief alone wrote the run folder and the export; the backups are gone.
     assert sorted(os.listdir(out)) == [".kbft-run", "checkpoints", "export", "history.json", "history.png",
-                                       "logs", "metrics.json", "run_config.json"]
+                                       "logs", "metrics.json", "run_config.json", "timings.json"]
     assert json.load(open(os.path.join(out, "metrics.json")))["train_examples"] == 48
     export_lib.predict_export(export_lib.load_export(os.path.join(out, "export")), ["good fun"])
     trained = kbft.build_classifier(make_encoder(encoder, "hub"), 2, dropout=0.0)
