@@ -187,12 +187,9 @@ def cmd_train(args) -> int:
                            "compared on validation; score the chosen run with kbft evaluate)")
     if args.seeds is not None:
         if config.task == "qa":
-            asked = [n for n in ("embed_pooling", "embed_normalize")
-                     if getattr(config, n) != FIELDS[n].default]
-            if asked:  # an ensemble holds no single encoder to embed with
-                raise bad_argument(asked[0], getattr(config, asked[0]),
-                                   "left at its default with --seeds (a qa ensemble export "
-                                   "has no embed signature)")
+            from keras_bert_ft.config import to_json
+            from keras_bert_ft.export.saved_model import refuse_ensemble_embed_options
+            refuse_ensemble_embed_options(to_json(config))  # before any run trains
             result = _qa_ensemble_of_seeds(train, validation, config, args.seeds)
         elif config.task == "classification":
             return research_cli.cmd_train_seeds(args, config)

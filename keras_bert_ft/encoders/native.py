@@ -220,8 +220,8 @@ def _fingerprint(resolved: str) -> Optional[str]:
     files = [os.path.join(folder, "saved_model.pb"),
              *sorted(glob.glob(os.path.join(folder, "variables", "variables.*")))]
     try:
-        stats = [f"{os.path.relpath(p, folder)}:{os.stat(p).st_size}:{os.stat(p).st_mtime_ns}"
-                 for p in files]
+        stats = [(os.path.relpath(p, folder), os.stat(p)) for p in files]
+        stats = [f"{name}:{st.st_size}:{st.st_mtime_ns}" for name, st in stats]
     except OSError:
         return None
     compute = keras.mixed_precision.global_policy().compute_dtype

@@ -59,15 +59,21 @@ def signatures(serving, config: Optional[dict] = None):
                  "serve_examples": {"inputs": ["examples"], "features": features}}
     embed = serving.embed_fn(pooling, normalize)
     if embed is None:  # an ensemble: no single encoder, so no embed to configure
-        asked = [n for n in ("embed_pooling", "embed_normalize")
-                 if n in config and config[n] != FIELDS[n].default]
-        if asked:
-            raise bad_argument(asked[0], config[asked[0]],
-                               "its default for an ensemble export (it has no embed signature)")
+        refuse_ensemble_embed_options(config)
     else:
         functions["embed"] = embed
         described["embed"] = {"inputs": ["text"], "pooling": pooling, "normalize": normalize}
     return functions, described
+
+
+def refuse_ensemble_embed_options(config: dict) -> None:
+    """An ensemble export (qa `--seeds`) has no `embed` signature: its embed options
+    (`config`: a run's config as JSON) must stay at their defaults."""
+    from keras_bert_ft.config import FIELDS
+    for name in ("embed_pooling", "embed_normalize"):
+        if name in config and config[name] != FIELDS[name].default:
+            raise bad_argument(name, config[name], "its default for a qa ensemble (--seeds): "
+                               "an ensemble export has no embed signature")
 
 
 def check_export_dir(export_dir: str, name: str = "export_dir") -> None:

@@ -205,6 +205,7 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
         train_features = task.featurize(train_data, preprocessor, config, info)
     if train_features is None or not len(train_features):
         raise KbftError(f"No training example of {_source(train)} can be trained on.")
+    compiling = time.perf_counter()  # counting the steps, optimizer, compile, input
     padding = resolve_padding(config.padding, strategy)
     drop_remainder = padding == "static"
     # With accumulation each step takes N batches of batch_size (model.train_step splits it).
@@ -212,7 +213,6 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
     model.accumulation_steps = config.accumulation_steps
     steps_per_epoch = epoch_batches(train_features.features, batch_size=step_batch,
                                     padding=padding, drop_remainder=drop_remainder)
-    compiling = time.perf_counter()
     multipliers = learning_rate_multipliers(model, config)
     with strategy.scope():
         if optimizer is None:
