@@ -209,15 +209,16 @@ def _tf1_head_plan(dims) -> List[Tuple[str, str, tuple, Callable]]:
 
 def _read_head(keys: Dict[str, Optional[str]], read: Callable, plan, files: str, src_dir,
                name) -> Optional[Dict[str, np.ndarray]]:
-    """The MLM head's weights when the source has all of them, None when it has none; a
-    partial or misshapen head is refused with the source's names."""
+    """The MLM head's weights when the source has all of them, else None (a partial head
+    is left out with a warning: pre-training starts a new one); a misshapen head is
+    refused with the source's names."""
     found = {tfhub: key for tfhub, key in keys.items() if key is not None}
-    if not found:
-        return None
     if len(found) < len(plan):
-        missing = [theirs for ours, theirs, _, _ in plan if ours not in found]
-        raise KbftError(f"{name} has a partial MLM head: {', '.join(missing)} missing from "
-                        f"{files}. Received: {name}={src_dir!r}", argument=name)
+        if found:
+            missing = [theirs for ours, theirs, _, _ in plan if ours not in found]
+            warnings.warn(f"{src_dir}: the MLM head is left out ({', '.join(missing)} "
+                          f"missing from {files}).")
+        return None
     head = {}
     for ours, theirs, shape, transform in plan:
         value = np.asarray(read(found[ours]))

@@ -38,7 +38,6 @@ _EXPORTS = {
     "fine_tune_tagging": "tagging",
     "fine_tune_qa": "qa",
     "fine_tune_summarization": "summarization",
-    "pretrain": "pretrain",
     "load_texts": "pretrain",
 }
 
