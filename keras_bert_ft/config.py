@@ -44,6 +44,10 @@ class FineTuneConfig:
     preprocessor: Optional[str] = option(
         None, "vocab.txt, preprocessor handle or preset; default: the encoder's own")
     lower_case: bool = option(True, "lower-case text (vocab.txt preprocessors only)")
+    add_tokens: Optional[str] = option(
+        None, "a file of whole words, one per line, appended to the vocabulary (vocab.txt "
+              "preprocessors, native encoder); each new embedding row starts as the mean "
+              "of the rows of the pieces the old vocabulary cut the word into")
     # Reading the data.
     text_column: str = option("sentence", "column holding the (first) text", SENTENCE_TASKS)
     text_pair_column: Optional[str] = option(
@@ -275,7 +279,7 @@ def validate(config: FineTuneConfig) -> None:
         value = getattr(config, name)
         if not isinstance(value, str) or not value:
             raise bad_argument(name, value, "a non-empty string")
-    for name in ("preprocessor", "text_pair_column", "output_dir"):
+    for name in ("preprocessor", "text_pair_column", "output_dir", "add_tokens"):
         value = getattr(config, name)
         if value is not None and (not isinstance(value, str) or not value):
             raise bad_argument(name, value, "a non-empty string, or None")
@@ -297,6 +301,13 @@ def validate(config: FineTuneConfig) -> None:
         raise bad_argument("trainable_layers", config.trainable_layers,
                            "'none' or an int k (the layers trainable before gradual "
                            "unfreezing adds more)")
+    if config.add_tokens and config.encoder_impl == "hub":
+        raise bad_argument("encoder_impl", config.encoder_impl, "native or auto with "
+                           "add_tokens (a SavedModel graph's embedding table cannot grow)")
+    if config.add_tokens and config.preprocessor and not config.preprocessor.endswith(".txt"):
+        raise bad_argument("add_tokens", config.add_tokens, "used with a vocab.txt "
+                           f"preprocessor (the preprocessor {config.preprocessor!r} is a "
+                           "SavedModel)")
     if config.task == "pretrain" and config.encoder_impl == "hub":
         raise bad_argument("encoder_impl", config.encoder_impl, "native or auto for task "
                            "'pretrain' (the masked-LM head ties its output to the native "

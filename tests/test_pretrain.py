@@ -444,3 +444,54 @@ def test_kbft_train_refuses_pretrain_flags(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: --mask-rate does not apply to --task "
                                         "classification"), err
+
+
+# ---------------------------------------------------------------------------- add_tokens
+
+
+def test_add_tokens_keeps_old_ids_and_starts_new_rows_at_the_mean_of_pieces(encoder2,
+                                                                             tmp_path):
+    from keras_bert_ft.encoders.native import NativeEncoder
+    from keras_bert_ft.tasks import get_task
+    from keras_bert_ft.training import build
+    from conftest import sentiment_rows
+    words = tmp_path / "words.txt"
+    words.write_text("Funly\n\nthe\nplots\n")  # "the" is known; lower-cased like the text
+    config = make_config(task="classification", encoder=encoder2, add_tokens=str(words),
+                         seq_length=16, verbose=0)
+    task = get_task("classification")
+    info = task.describe(task.read(sentiment_rows(4), config), config)
+    model, encoder = build.build_model(task, config, info, tf.distribute.get_strategy())
+    preprocessor = build.build_preprocessor(encoder, config)
+    old = NativeEncoder(encoder2).bert.get_embedding_table().numpy()
+    new = encoder.bert.get_embedding_table().numpy()
+    n = len(VOCAB)
+    assert new.shape == (n + 2, old.shape[1])
+    np.testing.assert_array_equal(new[:n], old)  # every old id keeps its row
+    index = VOCAB.index
+    np.testing.assert_allclose(new[n], old[[index("fun"), index("##ly")]].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(new[n + 1], old[[index("plot"), index("##s")]].mean(0),
+                               rtol=1e-6)
+    with open(preprocessor.source, encoding="utf-8") as f:
+        assert f.read().splitlines() == VOCAB + ["funly", "plots"]
+    pieces = preprocessor.tokenize(tf.constant(["Funly plots the movie"])).to_list()
+    assert pieces == [[n, n + 1, index("the"), index("movie")]]
+    assert model.encoder is encoder and encoder.trainable_weights[0].shape[0] == n + 2
+
+
+def test_add_tokens_refusals(tmp_path):
+    words = tmp_path / "words.txt"
+    words.write_text("fine\n")
+    message = refused(lambda: runner.fine_tune(str(tmp_path / "t.tsv"), encoder_impl="hub",
+                                               add_tokens=str(words)))
+    assert message.startswith("encoder_impl must be native or auto with add_tokens")
+    message = refused(lambda: runner.fine_tune(str(tmp_path / "t.tsv"), add_tokens=str(words),
+                                               preprocessor=str(tmp_path / "preprocess")))
+    assert message.startswith("add_tokens must be used with a vocab.txt preprocessor")
+    from keras_bert_ft.encoders.added_tokens import read_added_words
+    bad = tmp_path / "bad.txt"
+    bad.write_text("e-mail\n")
+    with pytest.raises(KbftError, match="add_tokens must hold whole words"):
+        read_added_words(str(bad), VOCAB, True)
+    with pytest.raises(KbftError, match="add_tokens must be an existing text file"):
+        read_added_words(str(tmp_path / "none.txt"), VOCAB, True)
