@@ -329,9 +329,12 @@ def test_pretrained_encoder_loads_in_hub_encoder_and_fine_tune(pretrained, tmp_p
 def test_kbft_pretrain_continues_from_the_saved_head(pretrained, tmp_path, capsys):
     _, out, train, dev = pretrained
     again = str(tmp_path / "again")
+    words = tmp_path / "words.txt"
+    words.write_text("funly\n")
     code = cli.main(["pretrain", "--text", train, "--validation", dev, "--encoder",
                      os.path.join(out, "encoder"), "--output", again, "--epochs", "1",
-                     "--batch-size", "8", "--seq-length", "16", "--verbose", "0"])
+                     "--batch-size", "8", "--seq-length", "16", "--verbose", "0",
+                     "--add-tokens", str(words)])
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert f"encoder: {os.path.join(again, 'encoder')}" in printed
@@ -340,6 +343,16 @@ def test_kbft_pretrain_continues_from_the_saved_head(pretrained, tmp_path, capsy
     # The first epoch of the second run starts where the first run's head left off.
     first = json.load(open(os.path.join(out, "history.json")))["val_mlm_loss"][-1]
     assert metrics["eval_loss"] < first + 0.5
+    # --add-tokens: the grown vocabulary and table are what the run writes.
+    old_head = mlm.read_head(os.path.join(out, "encoder"))
+    head = mlm.read_head(os.path.join(again, "encoder"))
+    assert head["output_bias"].shape == (len(VOCAB) + 1,)
+    with open(os.path.join(again, "encoder", "assets", "vocab.txt")) as f:
+        assert f.read().splitlines() == VOCAB + ["funly"]
+    from keras_bert_ft.encoders.hub_encoder import HubEncoder
+    table = {v.name.split(":")[0]: v for v in HubEncoder(os.path.join(again, "encoder")).weights}
+    assert table["word_embeddings/embeddings"].shape[0] == len(VOCAB) + 1
+    assert old_head["output_bias"].shape == (len(VOCAB),)
 
 
 @pytest.mark.slow

@@ -65,14 +65,17 @@ def grown_vocab_file(vocab: Sequence[str], words: Sequence[str]) -> str:
     return path
 
 
-def new_rows(table: np.ndarray, old_vocab_file: str, words: Sequence[str],
-             lower_case: bool) -> np.ndarray:
-    """A row per word: the mean of the embedding rows of its pieces in the old vocab."""
+def old_pieces(old_vocab_file: str, words: Sequence[str], lower_case: bool) -> List[List[int]]:
+    """The ids of the pieces the old vocabulary cuts each word into."""
     import tensorflow as tf
     from keras_bert_ft.data.preprocessing import Preprocessor
     old = Preprocessor.from_vocab(old_vocab_file, lower_case=lower_case)
-    pieces = old.tokenize(tf.constant(list(words))).to_list()
-    return np.stack([table[ids].mean(axis=0) for ids in pieces]).astype(table.dtype)
+    return old.tokenize(tf.constant(list(words))).to_list()
+
+
+def mean_rows(table: np.ndarray, pieces: Sequence[Sequence[int]]) -> np.ndarray:
+    """A row (or value, for a 1-D `table`) per word: the mean over its pieces."""
+    return np.stack([table[list(ids)].mean(axis=0) for ids in pieces]).astype(table.dtype)
 
 
 def plan(config, encoder_vocab_file: str) -> Tuple[str, List[str], str]:
@@ -104,9 +107,10 @@ def add_tokens(encoder, config) -> List[str]:
     lower = config.lower_case
     if lower and encoder.do_lower_case is not None:
         lower = encoder.do_lower_case  # as build.build_preprocessor decides
+    encoder.added_pieces = old_pieces(old, words, lower) if words else []
     if words:
         table = encoder.bert.get_embedding_table().numpy()
-        encoder.add_embedding_rows(new_rows(table, old, words, lower), grown)
+        encoder.add_embedding_rows(mean_rows(table, encoder.added_pieces), grown)
     else:
         encoder.vocab_path = grown
     return words

@@ -414,6 +414,11 @@ class PretrainTask(base.Task):
         from keras_bert_ft.encoders import presets
         head = read_head(presets.resolve_encoder(config.encoder))
         info["mlm_head"] = "checkpoint" if head is not None else "initialised"
+        added = getattr(encoder, "added_pieces", None)
+        if head is not None and added:  # --add-tokens: a bias per new word, as its rows
+            from keras_bert_ft.encoders.added_tokens import mean_rows
+            head["output_bias"] = np.concatenate(
+                [head["output_bias"], mean_rows(head["output_bias"], added)])
         if config.verbose:
             print(f"MLM head: {'from the checkpoint' if head is not None else 'BERT init'}")
         return build_masked_lm(encoder, mask_rate=config.mask_rate,
