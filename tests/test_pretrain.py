@@ -238,6 +238,36 @@ def test_mlm_head_from_tf1_checkpoint(tmp_path):
     np.testing.assert_array_equal(got["output_bias"], extra["cls/predictions/output_bias"])
 
 
+def test_mlm_sub_object_of_a_tfhub_encoder_is_used(tmp_path, vocab_file):
+    """A TF-Hub BERT encoder exported with an `mlm` sub-object (tf-models' exporter,
+    with_mlm=True): its head is read, and our model's logits match the sub-object's."""
+    import tempfile
+    import tensorflow_hub as hub
+    from official.nlp.tools import export_tfhub_lib
+    from keras_bert_ft.encoders import tfhub_format
+    from keras_bert_ft.encoders.native import NativeEncoder
+    config = tfhub_format.bert_config(vocab_size=len(VOCAB), hidden_size=32, num_layers=2,
+                                      num_heads=2, intermediate_size=64, max_seq_length=32)
+    _, pretrainer = export_tfhub_lib._create_model(bert_config=config, encoder_config=None,
+                                                   with_mlm=True)
+    rng = np.random.default_rng(0)
+    for weight in pretrainer.masked_lm.weights:
+        if "embeddings" not in weight.name:
+            weight.assign(rng.standard_normal(weight.shape).astype(np.float32) * 0.3)
+    path = str(tmp_path / "with_mlm")
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = tf.train.Checkpoint(**pretrainer.checkpoint_items).save(os.path.join(tmp, "c"))
+        export_tfhub_lib.export_model(path, bert_config=config, model_checkpoint_path=ckpt,
+                                      with_mlm=True, vocab_file=vocab_file, do_lower_case=True)
+    head = mlm.read_head(path)
+    assert head is not None and head["output_bias"].shape == (len(VOCAB),)
+    model = mlm.build_masked_lm(NativeEncoder(path), mask_rate=0.15, mask_id=4, seed=0,
+                                max_predictions=3, head_weights=head)
+    inputs = tiny_inputs(len(VOCAB), seed=3)
+    want = hub.load(path).mlm({k: tf.constant(v) for k, v in inputs.items()})["mlm_logits"]
+    np.testing.assert_allclose(model(inputs).numpy(), want.numpy(), atol=1e-4, rtol=0)
+
+
 def add_tf1_variables(folder, extra):
     """Re-saves `folder`'s bert_model.ckpt with the variables `extra` added."""
     prefix = os.path.join(folder, "bert_model.ckpt")

@@ -20,7 +20,8 @@ The head is BERT's: dense hidden -> hidden + the encoder's activation + LayerNor
 the output projection TIED to the encoder's word-embedding table (the same variable, not
 a copy) plus an output bias. Its weights come from `assets.extra/kbft_mlm_head.npz` in
 the encoder's folder when there is one (`kbft convert` writes it from a checkpoint's
-`cls.predictions.*`, a pretrain run from its own head), else BERT's init.
+`cls.predictions.*`, a pretrain run from its own head), else from the SavedModel's `mlm`
+sub-object (TF-Hub BERT encoders exported with one), else BERT's init.
 """
 
 import dataclasses
@@ -315,14 +316,41 @@ def build_masked_lm(encoder, *, mask_rate: float, mask_id: int, seed: int,
 
 
 def read_head(encoder_dir: str) -> Optional[dict]:
-    """The MLM head weights kept beside an encoder SavedModel, or None."""
+    """The MLM head of an encoder SavedModel: the weights file kept beside it, else its
+    `mlm` sub-object (TF-Hub BERT encoders exported with one), else None."""
     path = os.path.join(encoder_dir, HEAD_FILE)
     if not tf.io.gfile.exists(path):
-        return None
+        return _mlm_sub_object(encoder_dir)
     with tf.io.gfile.GFile(path, "rb") as f:
         import io
         with np.load(io.BytesIO(f.read())) as found:
             return {name: found[name] for name in found.files}
+
+
+# The variables of tf-models' MaskedLM layer (the `mlm` sub-object), by name suffix.
+_SUB_OBJECT_NAMES = dict(zip(HEAD_WEIGHTS, (
+    "transform/dense/kernel", "transform/dense/bias", "transform/LayerNorm/gamma",
+    "transform/LayerNorm/beta", "output_bias/bias")))
+
+
+def _mlm_sub_object(encoder_dir: str) -> Optional[dict]:
+    if not tf.io.gfile.exists(os.path.join(encoder_dir, "saved_model.pb")):
+        return None
+    from tensorflow.core.protobuf import saved_model_pb2
+    with tf.io.gfile.GFile(os.path.join(encoder_dir, "saved_model.pb"), "rb") as f:
+        nodes = saved_model_pb2.SavedModel.FromString(f.read()).meta_graphs[0]\
+            .object_graph_def.nodes
+    if "mlm" not in {child.local_name for child in nodes[0].children}:
+        return None
+    import tensorflow_hub as hub
+    variables = hub.load(encoder_dir).mlm.variables
+    head = {}
+    for ours, theirs in _SUB_OBJECT_NAMES.items():
+        found = [v for v in variables if v.name.split(":")[0].endswith(theirs)]
+        if len(found) != 1:
+            return None  # not the layout of tf-models' MaskedLM: a new head
+        head[ours] = found[0].numpy()
+    return head
 
 
 def write_head(encoder_dir: str, weights: dict) -> str:
