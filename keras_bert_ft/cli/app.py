@@ -122,7 +122,8 @@ def add_config_flags(parser: argparse.ArgumentParser, task: Optional[str] = None
     """One flag per config field; defaults stay None so a given flag is known as given.
     With `task` (a command of one task: `kbft pretrain`) there is no --task, and the
     flags of other tasks are left out of the help (given, they are refused by name)."""
-    groups = {"all": parser.add_argument_group("every task" if task is None else "options")}
+    groups = {"all": parser.add_argument_group("every task" if task is None else
+                                              f"--task {task} options")}
     for name, field in FIELDS.items():
         if name in _NOT_FLAGS or (task is not None and name == "task"):
             continue
@@ -131,7 +132,8 @@ def add_config_flags(parser: argparse.ArgumentParser, task: Optional[str] = None
                  else f"--task {' / '.join(tasks)}")
         group = groups.setdefault(label, parser.add_argument_group(label))
         kwargs = {"dest": name, "default": None, "type": _kind(name),
-                  "help": f"{field.metadata['help']} (default: {field.default!r})"}
+                  "help": (f"{field.metadata['help']} (default: {field.default!r})"
+                           .replace("%", "%%"))}  # argparse formats help with %
         if task is not None and task not in tasks:
             kwargs["help"] = argparse.SUPPRESS
         if name == "task":

@@ -171,7 +171,9 @@ def mask_tokens(ids, words, seed, *, mask_rate: float, mask_id: int, vocab_size:
     masked = tf.where(chosen & (how < _MASK), mask_id,
                       tf.where(chosen & (how < _RANDOM), random_ids, ids))
     length = shape[1]
-    count = tf.minimum(max_predictions, length)
+    # A static count where the length is static (TPU, XLA: top_k needs a constant k).
+    count = (min(max_predictions, ids.shape[1]) if ids.shape[1] is not None
+             else tf.minimum(max_predictions, length))
     # Chosen positions first, in order: the largest scores are the earliest chosen.
     score = tf.where(chosen, length - tf.range(length)[None, :], 0)
     positions = tf.math.top_k(score, k=count, sorted=True).indices
