@@ -882,6 +882,25 @@ def check_embed(runs, task):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
+def check_add_tokens(runs, task):
+    """The main run's config with two words added builds the task's model on the grown
+    vocabulary: the words tokenise whole, every old row is kept (the rows' values are
+    checked in test_pretrain.py)."""
+    import tempfile
+    folder = tempfile.mkdtemp()
+    words = os.path.join(folder, "words.txt")
+    with open(words, "w") as f:
+        f.write("funly\nplots\n")
+    config = dataclasses.replace(runs.main.result.config, add_tokens=words, output_dir=None,
+                                 mixed_precision="float32", strategy="cpu")
+    model, encoder = build.build_model(get_task(task), config, runs.main.result.info,
+                                       tf.distribute.get_strategy())
+    preprocessor = build.build_preprocessor(encoder, config, get_task(task).needs_vocab)
+    n = len(VOCAB)
+    assert preprocessor.tokenize(tf.constant(["funly plots"])).to_list() == [[n, n + 1]]
+    assert encoder.bert.get_embedding_table().shape[0] == n + 2
+
+
 HONOURED: Dict[str, Callable] = {
     "embed_pooling": check_embed, "embed_normalize": check_embed,
     "validation_split": check_validation_split, "monitor": check_monitor,
@@ -913,25 +932,6 @@ HONOURED: Dict[str, Callable] = {
     "n_best_size": check_qa_serving_option("n_best_size", 7),
     "add_tokens": check_add_tokens, "cloze": check_cloze, "cloze_per_sentence": check_cloze_per_sentence, "top_k": check_top_k,
 }
-
-def check_add_tokens(runs, task):
-    """The main run's config with two words added builds the task's model on the grown
-    vocabulary: the words tokenise whole, every old row is kept (the rows' values are
-    checked in test_pretrain.py)."""
-    import tempfile
-    folder = tempfile.mkdtemp()
-    words = os.path.join(folder, "words.txt")
-    with open(words, "w") as f:
-        f.write("funly\nplots\n")
-    config = dataclasses.replace(runs.main.result.config, add_tokens=words, output_dir=None,
-                                 mixed_precision="float32", strategy="cpu")
-    model, encoder = build.build_model(get_task(task), config, runs.main.result.info,
-                                       tf.distribute.get_strategy())
-    preprocessor = build.build_preprocessor(encoder, config, get_task(task).needs_vocab)
-    n = len(VOCAB)
-    assert preprocessor.tokenize(tf.constant(["funly plots"])).to_list() == [[n, n + 1]]
-    assert encoder.bert.get_embedding_table().shape[0] == n + 2
-
 
 # Task by task, so each task's runs are trained once and then used by all its checks.
 # Pre-training's options (and the others' refusal for it) are checked in test_pretrain.py.
