@@ -3,8 +3,9 @@ of the rows of the pieces the old vocabulary cut it into.
 
 Every old id keeps its token and its row; the new words get the ids after the last one,
 so they tokenise whole (WordPiece takes the longest match). The grown vocabulary is
-written to the cache folder (paths.cache_dir), named by its contents: the preprocessor
-reads it, and the export or the pretrain output copies it as their own asset.
+written as vocab.txt to a folder named by its contents in the cache folder
+(paths.cache_dir): the preprocessor reads it, and the export or the pretrain output
+copies it as their own asset.
 """
 
 import hashlib
@@ -54,8 +55,9 @@ def grown_vocab_file(vocab: Sequence[str], words: Sequence[str]) -> str:
     """The old tokens, then `words`, as a vocab.txt in the cache folder."""
     from keras_bert_ft.paths import cache_dir
     text = "\n".join(list(vocab) + list(words)) + "\n"
-    folder = os.path.join(cache_dir(), "vocab")
-    path = os.path.join(folder, hashlib.sha1(text.encode()).hexdigest()[:16] + ".txt")
+    # Named vocab.txt (in a folder named by its contents): the asset keeps the name.
+    folder = os.path.join(cache_dir(), "vocab", hashlib.sha1(text.encode()).hexdigest()[:16])
+    path = os.path.join(folder, "vocab.txt")
     if not os.path.isfile(path):
         os.makedirs(folder, exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"
