@@ -49,6 +49,7 @@ _EXPORTS = {
     "fine_tune_tagging": "tasks",
     "fine_tune_qa": "tasks",
     "fine_tune_summarization": "tasks",
+    "pretrain": "tasks.pretrain",
     "layer_multipliers": "training.layerwise",
     "GradualUnfreezing": "training.unfreeze",
     "run_seeds": "research.seeds",

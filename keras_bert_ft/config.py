@@ -14,7 +14,9 @@ from keras_bert_ft.errors import KbftError, bad_argument
 
 SENTENCE_TASKS = ("classification", "multilabel", "regression")
 SEQUENCE_TASKS = ("tagging", "qa", "summarization")
-TASKS = SENTENCE_TASKS + SEQUENCE_TASKS
+FINE_TUNING_TASKS = SENTENCE_TASKS + SEQUENCE_TASKS
+# Further pre-training (masked-LM) on the user's own text: one more task of the runner.
+TASKS = FINE_TUNING_TASKS + ("pretrain",)
 PADDINGS = ("bucketed", "dynamic", "static")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 ENCODER_IMPLS = ("auto", "native", "hub")
@@ -35,12 +37,17 @@ class FineTuneConfig:
     """Everything a fine-tuning run needs, for every task; each field's help is the CLI's help."""
     task: str = option("classification", "classification (one label, softmax), multilabel "
                        "(a sigmoid per label, thresholds tuned on validation), regression "
-                       "(one score, MSE), tagging (CoNLL words), qa (SQuAD JSON) or "
-                       "summarization (JSON lines)")
+                       "(one score, MSE), tagging (CoNLL words), qa (SQuAD JSON), "
+                       "summarization (JSON lines) or pretrain (masked-LM on plain text, "
+                       "one text per line)")
     encoder: str = option("minilm-l6", "encoder preset name, TF-Hub URL, local folder or gs:// path")
     preprocessor: Optional[str] = option(
         None, "vocab.txt, preprocessor handle or preset; default: the encoder's own")
     lower_case: bool = option(True, "lower-case text (vocab.txt preprocessors only)")
+    add_tokens: Optional[str] = option(
+        None, "a file of whole words, one per line, appended to the vocabulary (vocab.txt "
+              "preprocessors, native encoder); each new embedding row starts as the mean "
+              "of the rows of the pieces the old vocabulary cut the word into")
     # Reading the data.
     text_column: str = option("sentence", "column holding the (first) text", SENTENCE_TASKS)
     text_pair_column: Optional[str] = option(
@@ -74,8 +81,9 @@ class FineTuneConfig:
         None, "pooled, cls or mean; default: the preset's (mean for minilm-l6), else pooled",
         SENTENCE_TASKS)
     head_units: Sequence[int] = option((), "widths of Dense+ReLU+Dropout blocks before the "
-                                       "output layer (token tasks: applied at every position)")
-    dropout: float = option(0.1, "dropout before the output layer")
+                                       "output layer (token tasks: applied at every position)",
+                                       FINE_TUNING_TASKS)
+    dropout: float = option(0.1, "dropout before the output layer", FINE_TUNING_TASKS)
     # Optimisation.
     epochs: int = option(3, "passes over the training data")
     batch_size: int = option(32, "global batch size (split across replicas)")
@@ -106,8 +114,10 @@ class FineTuneConfig:
     # What the export serves besides the task's outputs.
     embed_pooling: str = option(
         "mean", "sentence embeddings of the export's `embed` signature: mean (masked mean of "
-                "the last layer), cls ([CLS] token) or pooled (BERT's pooler)")
-    embed_normalize: bool = option(False, "L2-normalise the `embed` signature's embeddings")
+                "the last layer), cls ([CLS] token) or pooled (BERT's pooler)",
+        FINE_TUNING_TASKS)
+    embed_normalize: bool = option(False, "L2-normalise the `embed` signature's embeddings",
+                                   FINE_TUNING_TASKS)
     # Choosing the epoch kept.
     monitor: Optional[str] = option(
         None, "validation metric that picks the epoch kept: the best epoch's weights are "
@@ -153,6 +163,12 @@ class FineTuneConfig:
                                      "another span", ("qa",))
     # Extractive summarisation.
     top_k: int = option(3, "sentences in a summary", ("summarization",))
+    # Masked-LM pre-training.
+    mask_rate: float = option(0.15, "fraction of the tokens chosen for prediction ([CLS], "
+                              "[SEP] and padding never are); of those 80% become [MASK], "
+                              "10% a random token, 10% stay", ("pretrain",))
+    whole_word_masking: bool = option(True, "choose all word pieces of a word together "
+                                      "(## pieces belong to the word before)", ("pretrain",))
 
     def validate(self) -> "FineTuneConfig":
         """Checks every field (and which apply to `task`); returns self."""
@@ -245,8 +261,12 @@ def validate(config: FineTuneConfig) -> None:
     _number(config, "weight_decay", 0)
     _number(config, "dropout", 0, 0.99)
     _number(config, "layer_decay", 0, 1, low_open=True)
+    mask_rate = config.mask_rate
+    if (isinstance(mask_rate, bool) or not isinstance(mask_rate, (int, float))
+            or not 0 < mask_rate < 1):
+        raise bad_argument("mask_rate", mask_rate, "in (0, 1)")
     for name in ("lower_case", "jit_compile", "deterministic", "bias_correction", "overwrite",
-                 "swap_pairs", "embed_normalize"):
+                 "swap_pairs", "embed_normalize", "whole_word_masking"):
         _bool(config, name)
     _bool(config, "train_embeddings", none_ok=True)
     _choice(config, "padding", ("auto", *PADDINGS))
@@ -259,7 +279,7 @@ def validate(config: FineTuneConfig) -> None:
         value = getattr(config, name)
         if not isinstance(value, str) or not value:
             raise bad_argument(name, value, "a non-empty string")
-    for name in ("preprocessor", "text_pair_column", "output_dir"):
+    for name in ("preprocessor", "text_pair_column", "output_dir", "add_tokens"):
         value = getattr(config, name)
         if value is not None and (not isinstance(value, str) or not value):
             raise bad_argument(name, value, "a non-empty string, or None")
@@ -281,6 +301,17 @@ def validate(config: FineTuneConfig) -> None:
         raise bad_argument("trainable_layers", config.trainable_layers,
                            "'none' or an int k (the layers trainable before gradual "
                            "unfreezing adds more)")
+    if config.add_tokens and config.encoder_impl == "hub":
+        raise bad_argument("encoder_impl", config.encoder_impl, "native or auto with "
+                           "add_tokens (a SavedModel graph's embedding table cannot grow)")
+    if config.add_tokens and config.preprocessor and not config.preprocessor.endswith(".txt"):
+        raise bad_argument("add_tokens", config.add_tokens, "used with a vocab.txt "
+                           f"preprocessor (the preprocessor {config.preprocessor!r} is a "
+                           "SavedModel)")
+    if config.task == "pretrain" and config.encoder_impl == "hub":
+        raise bad_argument("encoder_impl", config.encoder_impl, "native or auto for task "
+                           "'pretrain' (the masked-LM head ties its output to the native "
+                           "encoder's word-embedding table)")
     if config.tpu_address and config.strategy not in ("auto", "tpu"):
         raise bad_argument("tpu_address", config.tpu_address, f"empty unless strategy is "
                            f"auto or tpu (strategy={config.strategy!r} uses no TPU)")

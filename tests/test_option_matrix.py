@@ -38,7 +38,8 @@ from tensorflow.python.framework import config as tf_config
 from keras_bert_ft import cli
 from keras_bert_ft._keras import keras
 from keras_bert_ft.cli.app import flag_of
-from keras_bert_ft.config import FIELDS, SENTENCE_TASKS, TASKS, applies, make_config
+from keras_bert_ft.config import (FIELDS, FINE_TUNING_TASKS, SENTENCE_TASKS, TASKS, applies,
+                                  make_config)
 from keras_bert_ft.encoders.hub_encoder import HubEncoder
 from keras_bert_ft.encoders.native import NativeEncoder
 from keras_bert_ft.errors import KbftError
@@ -103,7 +104,9 @@ CHOICE_TASK = {"classification": dict(PAIRS_SWAPPED, monitor="eval_loss",
 REFUSE_VALUES = dict(text_column="txt", text_pair_column="txt2", label_column="y",
                      label_separator=";", pooling="mean", doc_stride=8, max_query_length=4,
                      max_answer_length=5, n_best_size=5, cloze=2, cloze_per_sentence=2,
-                     top_k=2, class_weight="balanced", error_examples=3, swap_pairs=True)
+                     top_k=2, class_weight="balanced", error_examples=3, swap_pairs=True,
+                     head_units=(8,), dropout=0.2, embed_pooling="cls", embed_normalize=True,
+                     mask_rate=0.3, whole_word_masking=False)
 
 
 # ------------------------------------------------------------------------------ tiny data
@@ -879,6 +882,25 @@ def check_embed(runs, task):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
+def check_add_tokens(runs, task):
+    """The main run's config with two words added builds the task's model on the grown
+    vocabulary: the words tokenise whole, every old row is kept (the rows' values are
+    checked in test_pretrain.py)."""
+    import tempfile
+    folder = tempfile.mkdtemp()
+    words = os.path.join(folder, "words.txt")
+    with open(words, "w") as f:
+        f.write("funly\nplots\n")
+    config = dataclasses.replace(runs.main.result.config, add_tokens=words, output_dir=None,
+                                 mixed_precision="float32", strategy="cpu")
+    model, encoder = build.build_model(get_task(task), config, runs.main.result.info,
+                                       tf.distribute.get_strategy())
+    preprocessor = build.build_preprocessor(encoder, config, get_task(task).needs_vocab)
+    n = len(VOCAB)
+    assert preprocessor.tokenize(tf.constant(["funly plots"])).to_list() == [[n, n + 1]]
+    assert encoder.bert.get_embedding_table().shape[0] == n + 2
+
+
 HONOURED: Dict[str, Callable] = {
     "embed_pooling": check_embed, "embed_normalize": check_embed,
     "validation_split": check_validation_split, "monitor": check_monitor,
@@ -908,11 +930,12 @@ HONOURED: Dict[str, Callable] = {
     "max_query_length": check_qa_serving_option("max_query_length", 6),
     "max_answer_length": check_qa_serving_option("max_answer_length", 5),
     "n_best_size": check_qa_serving_option("n_best_size", 7),
-    "cloze": check_cloze, "cloze_per_sentence": check_cloze_per_sentence, "top_k": check_top_k,
+    "add_tokens": check_add_tokens, "cloze": check_cloze, "cloze_per_sentence": check_cloze_per_sentence, "top_k": check_top_k,
 }
 
 # Task by task, so each task's runs are trained once and then used by all its checks.
-PAIRS = [(field, task) for task in TASKS for field in FIELDS]
+# Pre-training's options (and the others' refusal for it) are checked in test_pretrain.py.
+PAIRS = [(field, task) for task in FINE_TUNING_TASKS for field in FIELDS]
 
 
 def test_the_matrix_covers_every_field_and_nothing_else():

@@ -49,12 +49,16 @@ def task_data(name):
     if name == "qa":
         return ("qa", [qa_example(rng) for _ in range(8)], [qa_example(rng) for _ in range(4)],
                 {"doc_stride": 6, "max_query_length": 6})
+    if name == "pretrain":
+        texts = [f"the movie was {r['sentence'].split()[-1]} and the plot was not bad ."
+                 for r in sentiment_rows(32)]
+        return "pretrain", texts, texts[:8], {}
     return ("summarization", [document(rng) for _ in range(12)],
             [document(rng) for _ in range(4)], {"top_k": 2})
 
 
 NAMES = ("classification", "pairs", "multilabel", "regression", "tagging", "qa",
-         "summarization")
+         "summarization", "pretrain")
 
 
 def check_static_int32(element_spec, seq_length=SEQ):

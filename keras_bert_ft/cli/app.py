@@ -1,7 +1,8 @@
 """kbft: the command line, a thin argparse layer over the functions notebooks call.
 
 `kbft train` takes one flag per `FineTuneConfig` field (config.py), for every task; a
-flag given for a task it does not apply to is refused by name. Every subcommand is
+flag given for a task it does not apply to is refused by name. `kbft pretrain` takes the
+same flags for the pretrain task. Every subcommand is
 `main(argv) -> int`-testable; bad input prints one line (`error: --flag must be ...
 Received: ...`) and exits 2, never a TensorFlow traceback.
 """
@@ -102,7 +103,7 @@ _INTS = {"epochs", "batch_size", "seq_length", "seed", "max_train_examples",
          "max_answer_length", "n_best_size", "cloze", "cloze_per_sentence", "top_k",
          "accumulation_steps", "patience", "error_examples"}
 _FLOATS = {"learning_rate", "warmup_ratio", "weight_decay", "dropout", "clip_norm",
-           "encoder_learning_rate", "layer_decay", "validation_split"}
+           "encoder_learning_rate", "layer_decay", "validation_split", "mask_rate"}
 
 
 def _kind(name: str):
@@ -117,17 +118,24 @@ def _kind(name: str):
     return str
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field; defaults stay None so a given flag is known as given."""
-    groups = {"all": parser.add_argument_group("every task")}
+def add_config_flags(parser: argparse.ArgumentParser, task: Optional[str] = None) -> None:
+    """One flag per config field; defaults stay None so a given flag is known as given.
+    With `task` (a command of one task: `kbft pretrain`) there is no --task, and the
+    flags of other tasks are left out of the help (given, they are refused by name)."""
+    groups = {"all": parser.add_argument_group("every task" if task is None else
+                                              f"--task {task} options")}
     for name, field in FIELDS.items():
-        if name in _NOT_FLAGS:
+        if name in _NOT_FLAGS or (task is not None and name == "task"):
             continue
         tasks = field.metadata["tasks"]
-        label = "every task" if tasks == TASKS else f"--task {' / '.join(tasks)}"
+        label = ("all" if tasks == TASKS or task is not None
+                 else f"--task {' / '.join(tasks)}")
         group = groups.setdefault(label, parser.add_argument_group(label))
         kwargs = {"dest": name, "default": None, "type": _kind(name),
-                  "help": f"{field.metadata['help']} (default: {field.default!r})"}
+                  "help": (f"{field.metadata['help']} (default: {field.default!r})"
+                           .replace("%", "%%"))}  # argparse formats help with %
+        if task is not None and task not in tasks:
+            kwargs["help"] = argparse.SUPPRESS
         if name == "task":
             kwargs["choices"] = TASKS
             kwargs.pop("type")
@@ -155,10 +163,13 @@ def given_config_values(args) -> dict:
     return values
 
 
-def config_from_args(args):
-    """The run's `FineTuneConfig`: the given flags, each checked against `--task`."""
+def config_from_args(args, task: Optional[str] = None):
+    """The run's `FineTuneConfig`: the given flags, each checked against `--task` (or
+    the command's own `task`)."""
     from keras_bert_ft.config import make_config
     values = given_config_values(args)
+    if task is not None:
+        values["task"] = task
     task = values.get("task", FIELDS["task"].default)
     for name, value in values.items():
         if not applies(name, task):
@@ -167,6 +178,24 @@ def config_from_args(args):
                             f"{', '.join(FIELDS[name].metadata['tasks'])}). Received: "
                             f"{shown}={value!r}")
     return make_config(**values)
+
+
+def cmd_pretrain(args) -> int:
+    config = config_from_args(args, task="pretrain")
+    if not config.output_dir:
+        raise bad_argument("output_dir", None, "a folder for the encoder, preprocessor and "
+                           "run files")
+    from keras_bert_ft.tasks.pretrain import pretrain
+    result = pretrain(args.text, args.validation, config)
+    from keras_bert_ft.training.strategy import is_chief
+    if result.strategy is not None and not is_chief(result.strategy):
+        print("worker finished; the chief wrote the run folder")
+        return 0
+    print(json.dumps(headline_metrics(result.metrics), indent=2))
+    out = config.output_dir
+    print(f"encoder: {os.path.join(out, 'encoder')}\npreprocessor: "
+          f"{os.path.join(out, 'preprocessor')}\nmetrics: {os.path.join(out, 'metrics.json')}")
+    return 0
 
 
 def cmd_train(args) -> int:
@@ -205,7 +234,10 @@ def cmd_train(args) -> int:
         print("worker finished; the chief wrote the run folder")
         return 0
     print(json.dumps(headline_metrics(result.metrics), indent=2))
-    print(f"export: {paths['export']}\nmetrics: {os.path.join(config.output_dir, 'metrics.json')}")
+    for name in ("export", "encoder", "preprocessor"):
+        if name in paths:
+            print(f"{name}: {paths[name]}")
+    print(f"metrics: {os.path.join(config.output_dir, 'metrics.json')}")
     return 0
 
 
@@ -431,6 +463,20 @@ def build_parser() -> argparse.ArgumentParser:
                             "article, the first N train and the rest are held out")
     research_cli.add_train_flags(extra)
     train.set_defaults(func=cmd_train)
+
+    pretrain = sub.add_parser(
+        "pretrain", help="further pre-train an encoder (masked LM) on your own text",
+        description="Masked-LM training of a BERT encoder on plain text (one text per "
+        "line); writes OUTPUT/encoder (with its MLM head) and OUTPUT/preprocessor in TF-Hub "
+        "format, for kbft train --encoder OUTPUT/encoder, plus metrics.json and "
+        "history.json (held-out MLM loss and perplexity).")
+    pretrain.add_argument("--text", required=True, nargs="+", metavar="FILE",
+                          help="plain-text files, one text (sentence or paragraph) per line; "
+                               "blank lines are skipped")
+    pretrain.add_argument("--validation", nargs="+", metavar="FILE",
+                          help="held-out text files (without them: --validation-split)")
+    add_config_flags(pretrain, task="pretrain")
+    pretrain.set_defaults(func=cmd_pretrain)
 
     evaluate = sub.add_parser("evaluate", help="metrics of a run folder or an export on "
                               "labelled data (any task)")

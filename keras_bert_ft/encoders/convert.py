@@ -7,6 +7,10 @@
     OUT/preprocessor   SavedModel, TF-Hub preprocessor API (tokenize, bert_pack_inputs)
     OUT/kbft_convert.json   where it came from, for humans and `kbft` itself
 
+and, when the checkpoint has BERT's MLM head (`cls.predictions.*`), keeps it as
+`OUT/encoder/assets.extra/kbft_mlm_head.npz` for further pre-training (tasks/pretrain.py).
+`write_trained_encoder` writes a pretrain run's encoder by the same writer.
+
 The source is first read and checked into NumPy arrays named like the variables of the
 public TF-Hub BERT encoders (`transformer/layer_0/self_attention/query/kernel`, ...), so
 every problem is reported with the source's own tensor names before TensorFlow builds
@@ -49,6 +53,8 @@ class _Source:
     weights: Dict[str, np.ndarray]
     vocab_file: str
     do_lower_case: bool
+    # BERT's MLM head (tasks/pretrain.py HEAD_WEIGHTS names), when the source has one.
+    mlm_head: Optional[Dict[str, np.ndarray]] = None
 
 
 # ----------------------------------------------------------------------------- public
@@ -169,7 +175,59 @@ def read_hf_bert(src_dir: str, *, do_lower_case: Optional[bool] = None,
     _check_vocab(vocab_file, dims["vocab_size"])
     if do_lower_case is None:
         do_lower_case = _hf_lower_case(src_dir, vocab_file, name)
-    return _Source("hf", src_dir, dims, activation, weights, vocab_file, do_lower_case)
+    head = _read_head({tfhub: _hf_key(tensors, hf) for tfhub, hf, _, _ in _hf_head_plan(dims)},
+                      lambda key: tensors[key], _hf_head_plan(dims), ", ".join(files),
+                      src_dir, name)
+    return _Source("hf", src_dir, dims, activation, weights, vocab_file, do_lower_case, head)
+
+
+def _hf_head_plan(dims) -> List[Tuple[str, str, tuple, Callable]]:
+    """(head weight, HF tensor, HF shape, HF->Keras layout) of BERT's MLM head
+    (`BertForPreTraining` / `BertForMaskedLM`; the decoder is the tied embedding table)."""
+    h, keep = dims["hidden_size"], np.asarray
+    return [("transform/dense/kernel", "cls.predictions.transform.dense.weight", (h, h),
+             np.transpose),
+            ("transform/dense/bias", "cls.predictions.transform.dense.bias", (h,), keep),
+            ("transform/layer_norm/gamma", "cls.predictions.transform.LayerNorm.weight", (h,),
+             keep),
+            ("transform/layer_norm/beta", "cls.predictions.transform.LayerNorm.bias", (h,),
+             keep),
+            ("output_bias", "cls.predictions.bias", (dims["vocab_size"],), keep)]
+
+
+def _tf1_head_plan(dims) -> List[Tuple[str, str, tuple, Callable]]:
+    """As `_hf_head_plan`, for google-research/bert's `cls/predictions/*` variables."""
+    h, keep = dims["hidden_size"], np.asarray
+    return [("transform/dense/kernel", "cls/predictions/transform/dense/kernel", (h, h), keep),
+            ("transform/dense/bias", "cls/predictions/transform/dense/bias", (h,), keep),
+            ("transform/layer_norm/gamma", "cls/predictions/transform/LayerNorm/gamma", (h,),
+             keep),
+            ("transform/layer_norm/beta", "cls/predictions/transform/LayerNorm/beta", (h,),
+             keep),
+            ("output_bias", "cls/predictions/output_bias", (dims["vocab_size"],), keep)]
+
+
+def _read_head(keys: Dict[str, Optional[str]], read: Callable, plan, files: str, src_dir,
+               name) -> Optional[Dict[str, np.ndarray]]:
+    """The MLM head's weights when the source has all of them, else None (a partial head
+    is left out with a warning: pre-training starts a new one); a misshapen head is
+    refused with the source's names."""
+    found = {tfhub: key for tfhub, key in keys.items() if key is not None}
+    if len(found) < len(plan):
+        if found:
+            missing = [theirs for ours, theirs, _, _ in plan if ours not in found]
+            warnings.warn(f"{src_dir}: the MLM head is left out ({', '.join(missing)} "
+                          f"missing from {files}).")
+        return None
+    head = {}
+    for ours, theirs, shape, transform in plan:
+        value = np.asarray(read(found[ours]))
+        if tuple(value.shape) != shape:
+            raise KbftError(f"Tensor {found[ours]!r} in {files} must have shape {shape} (from "
+                            f"the config). Received: shape={tuple(value.shape)} in "
+                            f"{name}={src_dir!r}", argument=name)
+        head[ours] = transform(value.astype(np.float32))
+    return head
 
 
 def _hf_plan(dims) -> List[Tuple[str, str, tuple, Callable]]:
@@ -351,12 +409,16 @@ def read_tf1_bert(src_dir: str, *, do_lower_case: Optional[bool] = None,
             exclude_patterns=["adam", "Adam", "global_step"])
         reader = tf.train.load_checkpoint(renamed)
         weights = {v: reader.get_tensor(v).astype(np.float32) for v in wanted}
+    original = tf.train.load_checkpoint(ckpt)
+    head = _read_head({ours: theirs if theirs in shapes else None
+                       for ours, theirs, _, _ in _tf1_head_plan(dims)}, original.get_tensor,
+                      _tf1_head_plan(dims), os.path.basename(ckpt), src_dir, name)
 
     if do_lower_case is None:
         base = os.path.basename(os.path.normpath(src_dir)).lower()
         do_lower_case = (True if "uncased" in base else False if "cased" in base
                          else _vocab_is_uncased(vocab_file))
-    return _Source("tf1", src_dir, dims, activation, weights, vocab_file, do_lower_case)
+    return _Source("tf1", src_dir, dims, activation, weights, vocab_file, do_lower_case, head)
 
 
 def _tf1_plan(dims) -> List[Tuple[str, tuple]]:
@@ -413,50 +475,99 @@ def _activation(kind):
 def _write(source: _Source, out_dir: str, *, seq_length: int, overwrite: bool,
            name: str = "out_dir") -> str:
     """Exports `source` to a temp folder next to `out_dir`, then renames it into place."""
-    from keras_bert_ft.encoders import tfhub_format
-    from keras_bert_ft._keras import keras
-
     dims = source.dims
     if seq_length > dims["max_positions"]:
         raise bad_argument("seq_length", seq_length,
                            f"at most max_position_embeddings={dims['max_positions']}")
-    config = tfhub_format.bert_config(
-        vocab_size=dims["vocab_size"], hidden_size=dims["hidden_size"],
-        num_layers=dims["num_layers"], num_heads=dims["num_heads"],
-        intermediate_size=dims["intermediate_size"], max_seq_length=dims["max_positions"],
-        type_vocab_size=dims["type_vocab_size"], hidden_act=_activation(source.activation))
+    config = _tfhub_config(source)
 
     final = os.path.abspath(out_dir)
     parent = os.path.dirname(final)
     os.makedirs(parent, exist_ok=True)
     # Same folder as the target, so the final os.rename never crosses filesystems.
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.partial-", dir=parent)
+    try:
+        _export(source, tmp, config, seq_length)
+        _publish(tmp, final, overwrite, name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _export(source: _Source, folder: str, config, seq_length: int) -> None:
+    """Writes `folder`/encoder (with the MLM head, when the source has one),
+    `folder`/preprocessor and `folder`/kbft_convert.json."""
+    from keras_bert_ft.encoders import tfhub_format
+    from keras_bert_ft._keras import keras
+
+    dims = source.dims
     # A preset may be converted on first use inside a user's mixed-precision run; the
     # exported encoder must still compute in float32.
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would become out_dir's mode
+        os.chmod(folder, 0o777 & ~_umask())  # mkdtemp's 0700 would become out_dir's mode
         tfhub_format.export_encoder(
-            os.path.join(tmp, ENCODER_DIR), config, vocab_file=source.vocab_file,
+            os.path.join(folder, ENCODER_DIR), config, vocab_file=source.vocab_file,
             do_lower_case=source.do_lower_case, seed=None,
             set_weights=lambda encoder: _assign(encoder, source.weights))
+        if source.mlm_head is not None:
+            from keras_bert_ft.tasks.pretrain import write_head
+            write_head(os.path.join(folder, ENCODER_DIR), source.mlm_head)
         tfhub_format.export_preprocessor(
-            os.path.join(tmp, PREPROCESSOR_DIR), vocab_file=source.vocab_file,
+            os.path.join(folder, PREPROCESSOR_DIR), vocab_file=source.vocab_file,
             do_lower_case=source.do_lower_case, seq_length=seq_length)
         info = {"format": source.kind, "src_dir": os.path.abspath(source.src_dir),
                 "num_layers": dims["num_layers"], "hidden_size": dims["hidden_size"],
                 "num_heads": dims["num_heads"], "activation": source.activation,
-                "do_lower_case": source.do_lower_case, "seq_length": seq_length}
-        with open(os.path.join(tmp, INFO_FILE), "w", encoding="utf-8") as f:
+                "do_lower_case": source.do_lower_case, "seq_length": seq_length,
+                "mlm_head": source.mlm_head is not None}
+        with open(os.path.join(folder, INFO_FILE), "w", encoding="utf-8") as f:
             json.dump(info, f, indent=2)
-        _publish(tmp, final, overwrite, name)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     finally:
         keras.mixed_precision.set_global_policy(policy)
-    return out_dir
+
+
+def _tfhub_config(source: _Source):
+    from keras_bert_ft.encoders import tfhub_format
+    dims = source.dims
+    return tfhub_format.bert_config(
+        vocab_size=dims["vocab_size"], hidden_size=dims["hidden_size"],
+        num_layers=dims["num_layers"], num_heads=dims["num_heads"],
+        intermediate_size=dims["intermediate_size"], max_seq_length=dims["max_positions"],
+        type_vocab_size=dims["type_vocab_size"], hidden_act=_activation(source.activation))
+
+
+_NATIVE_ACTIVATIONS = {"exact_gelu": "exact", "tanh_gelu": "tanh", "relu": "relu"}
+
+
+def write_trained_encoder(encoder, preprocessor, run_dir: str,
+                          mlm_head: Optional[Dict[str, np.ndarray]] = None) -> dict:
+    """A trained `NativeEncoder` (and its vocab.txt `preprocessor`) as `run_dir`/encoder
+    and `run_dir`/preprocessor in TF-Hub format, by the same writer as the converters:
+    its variables are read into TF-Hub-named NumPy arrays. Written in a temp folder inside
+    `run_dir`, then each folder renamed into place (a previous run's replaced)."""
+    from keras_bert_ft.encoders.native import _dims
+    weights = {w.name.split(":")[0]: np.asarray(w.numpy(), np.float32)
+               for w in encoder.bert.weights}
+    source = _Source("pretrain", preprocessor.source, _dims(weights),
+                     _NATIVE_ACTIVATIONS[encoder.activation], weights, preprocessor.source,
+                     bool(preprocessor.lower_case), mlm_head)
+    source.src_dir = os.path.dirname(os.path.abspath(preprocessor.source))
+    tmp = tempfile.mkdtemp(prefix=".model.partial-", dir=run_dir)
+    paths = {}
+    try:
+        _export(source, tmp, _tfhub_config(source), preprocessor.seq_length)
+        for part in (ENCODER_DIR, PREPROCESSOR_DIR):
+            final = os.path.join(run_dir, part)
+            os.chmod(os.path.join(tmp, part), 0o777 & ~_umask())
+            _publish(os.path.join(tmp, part), final, True, "output_dir")
+            paths[part] = final
+        os.replace(os.path.join(tmp, INFO_FILE), os.path.join(run_dir, INFO_FILE))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return paths
 
 
 def _umask() -> int:

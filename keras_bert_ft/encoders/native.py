@@ -128,6 +128,20 @@ class NativeEncoder(LayerGroups, keras.layers.Layer):
     def hidden_size(self) -> int:
         return int(self._groups["embeddings"][0].shape[-1])
 
+    def add_embedding_rows(self, rows: np.ndarray, vocab_path: str) -> None:
+        """Grows the word-embedding table by `rows` (new ids after the old ones, every old
+        row kept) and takes `vocab_path` as the vocabulary (--add-tokens). Rebuilds the
+        network under the current scope; trainability and re-initialisation are kept."""
+        values = collections.OrderedDict((w.name.split(":")[0], w.numpy())
+                                         for w in self.bert.weights)
+        table = values["word_embeddings/embeddings"]
+        values["word_embeddings/embeddings"] = np.concatenate(
+            [table, np.asarray(rows, table.dtype).reshape(-1, table.shape[1])])
+        self.bert = _bert_encoder(_dims(values), self.activation)
+        _assign(self.bert, values)
+        self._groups = group_variables(self.bert.weights)
+        self.vocab_path = vocab_path
+
     @property
     def non_trainable_weights(self):
         chosen = {id(v) for v in self.trainable_weights}

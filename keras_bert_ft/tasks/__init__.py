@@ -18,6 +18,7 @@ REGISTRY = {
     "tagging": ("tagging", "TASK"),
     "qa": ("qa", "TASK"),
     "summarization": ("summarization", "TASK"),
+    "pretrain": ("pretrain", "TASK"),
 }
 assert tuple(REGISTRY) == ALL_TASKS
 
@@ -37,6 +38,7 @@ _EXPORTS = {
     "fine_tune_tagging": "tagging",
     "fine_tune_qa": "qa",
     "fine_tune_summarization": "summarization",
+    "load_texts": "pretrain",
 }
 
 __all__ = sorted(_EXPORTS) + [

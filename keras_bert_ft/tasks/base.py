@@ -115,6 +115,12 @@ class Task:
         of `errors.tsv`; None for tasks without it."""
         return None
 
+    def save_model(self, result, output_dir: str) -> dict:
+        """What the run folder keeps of the trained model, `{name: path}`: the raw-string
+        export (a pretrain run keeps its encoder and preprocessor instead)."""
+        import os
+        return {"export": result.export(os.path.join(output_dir, "export"))}
+
     def split_groups(self, data) -> Optional[List]:
         """A key per example that `validation_split` keeps on one side (qa: the article),
         or None to split examples independently."""
@@ -125,7 +131,7 @@ class Task:
         return None
 
 
-LOWER_IS_BETTER = ("eval_loss", "mse", "loss")
+LOWER_IS_BETTER = ("eval_loss", "mse", "loss", "perplexity")
 
 
 def subset(data, indices: Sequence[int]):

@@ -54,6 +54,9 @@ def build_model(task, config, info: dict, strategy, load_kwargs: Optional[dict] 
                                train_embeddings=config.train_embeddings,
                                reinit_layers=config.reinit_layers, reinit_seed=config.seed,
                                **(load_kwargs or {}))
+        if getattr(config, "add_tokens", None):
+            from keras_bert_ft.encoders.added_tokens import add_tokens
+            add_tokens(encoder, config)
         check_seq_length(config.seq_length, encoder.max_seq_length)
         if not task.reads_pooler(config):
             leave_pooler_untrained(encoder)
@@ -66,6 +69,8 @@ def build_preprocessor(encoder, config, needs_vocab: bool = False) -> Preprocess
     BERT encoders carry `vocab_file` and `do_lower_case`), else the preset's.
     `needs_vocab`: the task needs word-piece offsets, so a vocab.txt tokenizer."""
     handle = config.preprocessor
+    if getattr(config, "add_tokens", None):  # the grown vocabulary, not the given one
+        handle = None
     if handle and needs_vocab and not handle.endswith(".txt"):
         import os
         vocab = os.path.join(presets.resolve_preprocessor(handle), "assets", "vocab.txt")

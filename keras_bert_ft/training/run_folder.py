@@ -3,7 +3,8 @@ what is already there.
 
 A run folder holds `.kbft-run` (written first, so a killed run's folder is still known as
 ours), `checkpoints/`, `logs/`, `backup/` while a run is unfinished, and at the end
-`metrics.json`, `history.json`, `history.png`, `run_config.json` and `export/`; for
+`metrics.json`, `history.json`, `history.png`, `run_config.json` and `export/` (a
+pretrain run: `encoder/` and `preprocessor/` instead, the task's `save_model`); for
 classification also `confusion_matrix.json` and `confusion_matrix.png` (and
 `test_confusion_matrix.png` with test data), and for sentence tasks `errors.tsv`, the
 validation examples with the highest loss, and `timings.json`, the seconds each phase of
@@ -82,9 +83,10 @@ def save_run(result, output_dir: str, export: bool = True) -> dict:
     worker must take part in), and return `{}`.
     """
     if result.strategy is not None and not is_chief(result.strategy):
+        from keras_bert_ft.tasks import get_task
         scratch = tempfile.mkdtemp(prefix="kbft-worker-export-")
         try:
-            result.export(os.path.join(scratch, "export"))
+            get_task(result.task).save_model(result, scratch)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return {}
@@ -93,8 +95,9 @@ def save_run(result, output_dir: str, export: bool = True) -> dict:
     paths = {}
     timer = getattr(result, "timings", None) or PhaseTimer()
     if export:
+        from keras_bert_ft.tasks import get_task
         with timer.phase("export"):
-            paths["export"] = result.export(os.path.join(output_dir, "export"))
+            paths.update(get_task(result.task).save_model(result, output_dir))
     writing = time.perf_counter()
     write_json(os.path.join(output_dir, "metrics.json"), result.metrics)
     write_json(os.path.join(output_dir, "history.json"), result.history)
