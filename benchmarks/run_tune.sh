@@ -20,10 +20,10 @@ mrpc)  # the official train/val split picks the rate and the epoch; test pairs o
       --validation mrpc:$DATA/mrpc/msr-para-val.tsv --test mrpc:$DATA/mrpc/msr-para-test.tsv \
       --swap-pairs --epochs 3 --monitor f1 --freeze-embeddings --verbose 0 \
       --grid learning_rate=5e-5,1e-4,2e-4 --output runs/tune_mrpc ;;
-cola)  # 10% of in_domain_train held out picks the rate, the batch and the epoch; in-domain dev once
+cola)  # 10% of in_domain_train held out picks the rate and the epoch; in-domain dev once
   $KBFT tune --train cola:$DATA/cola/in_domain_train.tsv --validation-split 0.1 \
-      --test cola:$DATA/cola/in_domain_dev.tsv --seq-length 64 --epochs 5 --monitor mcc \
-      --verbose 0 --grid learning_rate=3e-5,5e-5 --grid batch_size=16,32 --output runs/tune_cola ;;
+      --test cola:$DATA/cola/in_domain_dev.tsv --seq-length 64 --epochs 6 --batch-size 16 \
+      --monitor mcc --verbose 0 --grid learning_rate=3e-5,5e-5 --output runs/tune_cola ;;
 *) echo "unknown step: $step (sst2, mrpc, cola)" >&2; exit 2 ;;
 esac
 mkdir -p $OUT

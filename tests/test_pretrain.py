@@ -337,6 +337,9 @@ def test_pretrain_run_loss_falls_and_writes_an_encoder(pretrained):
     trained = result.model.get_layer("mlm").head_weights()
     for name in mlm.HEAD_WEIGHTS:
         np.testing.assert_array_equal(saved[name], trained[name])
+    with pytest.raises(KbftError, match="no raw-string export.*OUTPUT/encoder"):
+        result.export(os.path.join(out, "export"))
+    assert not os.path.exists(os.path.join(out, "export"))
 
 
 @pytest.mark.slow

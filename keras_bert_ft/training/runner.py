@@ -129,6 +129,11 @@ class FineTuneResult:
 
     def export(self, export_dir: str) -> str:
         """A SavedModel serving raw strings, written atomically, with its metadata."""
+        if self.task == "pretrain":
+            raise KbftError("A pretrain run has no raw-string export: save(OUTPUT) writes "
+                            "its encoder and preprocessor (OUTPUT/encoder, "
+                            "OUTPUT/preprocessor) for fine-tuning. Received: "
+                            f"export_dir={export_dir!r}", argument="export_dir")
         return write_export(self.serving, export_dir, export_metadata(self.config, self.info))
 
     def save(self, output_dir: str, export: bool = True) -> dict:
