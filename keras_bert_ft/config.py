@@ -92,6 +92,11 @@ class FineTuneConfig:
               "label name -> loss weight, e.g. neg=1,pos=5", ("classification",))
     bias_correction: bool = option(True, "Adam bias correction (false: the original BERTAdam)")
     clip_norm: Optional[float] = option(None, "clip gradients to this global norm (BERT: 1.0)")
+    log_gradient_norms: bool = option(
+        False, "log the L2 norm of the applied gradient per layer group (embeddings, "
+               "layer_i, pooler, head), averaged over each epoch's steps: history.json "
+               "grad_norm_<group>, TensorBoard and OUTPUT/gradient_norms.png (measured "
+               "before clip_norm; 0 while a group is frozen)")
     encoder_learning_rate: Optional[float] = option(
         None, "peak rate of the encoder's top layer and pooler (default: learning_rate, "
               "which the head always uses)")
@@ -246,7 +251,7 @@ def validate(config: FineTuneConfig) -> None:
     _number(config, "dropout", 0, 0.99)
     _number(config, "layer_decay", 0, 1, low_open=True)
     for name in ("lower_case", "jit_compile", "deterministic", "bias_correction", "overwrite",
-                 "swap_pairs", "embed_normalize"):
+                 "swap_pairs", "embed_normalize", "log_gradient_norms"):
         _bool(config, name)
     _bool(config, "train_embeddings", none_ok=True)
     _choice(config, "padding", ("auto", *PADDINGS))
