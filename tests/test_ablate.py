@@ -92,7 +92,9 @@ def test_errors_name_the_flag_before_any_model_is_built(tiny_run, sentiment_file
              ([tiny_run, "--validation", dev, "--metric", "bleu"], "error: --metric must be"),
              ([tiny_run, "--validation", dev, "--output", str(foreign)],
               "error: --output must be a new or empty folder"),
-             ([tiny_run, "--validation", dev, "--text-column", "nope"], "--text-column")]
+             ([tiny_run, "--validation", dev, "--text-column", "nope"], "--text-column"),
+             ([tiny_run, "--validation", str(tmp_path / "none.tsv")],
+              "error: --validation must be an existing file")]
     for argv, start in cases:
         assert cli.main(["ablate", *argv]) == 2
         err = capsys.readouterr().err.strip()

@@ -20,12 +20,12 @@ PREFIX = "grad_norm_"
 
 
 def squared_norm(gradient) -> tf.Tensor:
-    """sum(g^2) in float32; IndexedSlices (embedding lookups) summed per row first, since
-    their indices repeat."""
+    """sum(g^2) in float32. IndexedSlices (embedding lookups) repeat rows, so their values
+    are summed per row first, into the variable's full shape: static, so XLA compiles it
+    (a vocabulary-sized buffer per step, only while norms are logged)."""
     if isinstance(gradient, tf.IndexedSlices):
-        rows, position = tf.unique(gradient.indices)
-        values = tf.math.unsorted_segment_sum(gradient.values, position, tf.size(rows))
-        return tf.reduce_sum(tf.square(tf.cast(values, tf.float32)))
+        gradient = tf.math.unsorted_segment_sum(gradient.values, gradient.indices,
+                                                gradient.dense_shape[0])
     return tf.reduce_sum(tf.square(tf.cast(gradient, tf.float32)))
 
 
