@@ -200,8 +200,8 @@ def plot_ablation(figures: dict, path: str) -> str:
     ax.set_xticklabels(names, rotation=45 if len(rows) > 8 else 0,
                        ha="right" if len(rows) > 8 else "center")
     ax.set_ylabel(f"drop of {figures['metric']}")
-    ax.set_title(f"reverted to pretrained, one group at a time ({figures['metric']} "
-                 f"unablated: {figures['unablated']:.4f})", fontsize=10)
+    ax.set_title(f"each group reverted to pretrained\n({figures['metric']} unablated: "
+                 f"{figures['unablated']:.4f})", fontsize=10)
     fig.tight_layout()
     tmp = f"{path}.tmp.png"
     fig.savefig(tmp, dpi=100)

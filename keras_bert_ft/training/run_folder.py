@@ -242,6 +242,8 @@ def plot_gradient_norms(history: dict, path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     norms = history_norms(history)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = plt.cm.viridis(np.linspace(0.0, 0.9, max(len(norms), 1)))
@@ -254,6 +256,7 @@ def plot_gradient_norms(history: dict, path: str) -> str:
                 linestyle="--" if group in ("embeddings", "pooler", "head") else "-",
                 label=group)
     ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("L2 norm of the gradient (mean over the epoch's steps)")
     ax.set_title("gradient norm per layer group")
