@@ -93,6 +93,8 @@ def test_norms_reach_history_tensorboard_and_plot_only_when_on(encoder2, tmp_pat
         for event in tf.compat.v1.train.summary_iterator(path):
             tags.update(v.tag for v in event.summary.value)
     assert {f"epoch_grad_norm_{g}" for g in GROUPS} <= tags
+    restored = kbft.restore(str(tmp_path / "on"))  # the norms' metrics are not weights
+    assert restored.history["grad_norm_head"] == on.history["grad_norm_head"]
 
     off = kbft.fine_tune(sentiment_rows(16), encoder=encoder2, epochs=1, batch_size=8,
                          seq_length=16, output_dir=str(tmp_path / "on"), backup_steps=0,
