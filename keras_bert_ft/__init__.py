@@ -56,6 +56,8 @@ _EXPORTS = {
     "sweep_layers": "research.sweep",
     "diff_models": "research.diff",
     "probe_layers": "research.probe",
+    "compare_pretrained": "research.probe",
+    "ablate_layers": "research.ablate",
     "linear_cka": "research.representations",
     "tune": "research.tune",
     "predict_file": "export.predictions",

@@ -100,6 +100,11 @@ class FineTuneConfig:
               "label name -> loss weight, e.g. neg=1,pos=5", ("classification",))
     bias_correction: bool = option(True, "Adam bias correction (false: the original BERTAdam)")
     clip_norm: Optional[float] = option(None, "clip gradients to this global norm (BERT: 1.0)")
+    log_gradient_norms: bool = option(
+        False, "log the L2 norm of the applied gradient per layer group (embeddings, "
+               "layer_i, pooler, head), averaged over each epoch's steps: history.json "
+               "grad_norm_<group>, TensorBoard and OUTPUT/gradient_norms.png (measured "
+               "before clip_norm; 0 while a group is frozen)")
     encoder_learning_rate: Optional[float] = option(
         None, "peak rate of the encoder's top layer and pooler (default: learning_rate, "
               "which the head always uses)")
@@ -266,7 +271,8 @@ def validate(config: FineTuneConfig) -> None:
             or not 0 < mask_rate < 1):
         raise bad_argument("mask_rate", mask_rate, "in (0, 1)")
     for name in ("lower_case", "jit_compile", "deterministic", "bias_correction", "overwrite",
-                 "swap_pairs", "embed_normalize", "whole_word_masking"):
+                 "swap_pairs", "embed_normalize", "whole_word_masking",
+                 "log_gradient_norms"):
         _bool(config, name)
     _bool(config, "train_embeddings", none_ok=True)
     _choice(config, "padding", ("auto", *PADDINGS))

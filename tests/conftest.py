@@ -123,3 +123,16 @@ def pair_files(tiny_dir):
     train = write_tsv(tiny_dir / "pair_train.tsv", pair_rows(48, 0), ["a", "b", "label"])
     dev = write_tsv(tiny_dir / "pair_dev.tsv", pair_rows(16, 1), ["a", "b", "label"])
     return train, dev
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, encoder2, sentiment_files):
+    """A fine-tuned run folder of the 2-layer encoder (classification, pooled head, every
+    group trained): what the analyses of fine-tuning (ablate, probe before/after) read."""
+    from keras_bert_ft.training.runner import fine_tune
+    train, dev = sentiment_files
+    out = str(tmp_path_factory.mktemp("tiny_run") / "run")
+    result = fine_tune(train, dev, encoder=encoder2, epochs=2, batch_size=8, seq_length=16,
+                       learning_rate=1e-3, output_dir=out, backup_steps=0, verbose=0)
+    result.save(out, export=False)
+    return out

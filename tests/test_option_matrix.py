@@ -65,7 +65,8 @@ MAIN = dict(epochs=2, batch_size=4, max_train_examples=12,
             clip_norm=0.5, encoder_learning_rate=1e-3, layer_decay=0.5, trainable_layers=1,
             train_embeddings=True, reinit_layers=1, seq_length=32, head_units=(8,),
             dropout=0.2, padding="static", strategy="cpu", steps_per_execution=2, seed=3,
-            overwrite=True, backup_steps=4, verbose=2, lower_case=False, encoding="latin-1")
+            overwrite=True, backup_steps=4, verbose=2, lower_case=False, encoding="latin-1",
+            log_gradient_norms=True)
 COLUMNS = dict(text_column="txt", text_pair_column="txt2", label_column="y")
 MAIN_TASK = {
     "classification": dict(COLUMNS, pooling="mean"),
@@ -901,7 +902,20 @@ def check_add_tokens(runs, task):
     assert encoder.bert.get_embedding_table().shape[0] == n + 2
 
 
+def check_log_gradient_norms(runs, task):
+    """A norm per group and epoch in the main run's history (its trainable groups' > 0,
+    frozen layer_0's 0); none in a run that leaves the option off."""
+    history, groups = runs.main.result.history, runs.main.result.model.encoder.layer_groups()
+    for group in [*groups, "head"]:
+        assert len(history[f"grad_norm_{group}"]) == MAIN["epochs"], group
+    assert history["grad_norm_layer_0"] == [0.0] * MAIN["epochs"]
+    assert min(history["grad_norm_head"] + history["grad_norm_layer_1"]
+               + history["grad_norm_embeddings"]) > 0
+    assert not [k for k in runs.det_a.result.history if k.startswith("grad_norm_")]
+
+
 HONOURED: Dict[str, Callable] = {
+    "log_gradient_norms": check_log_gradient_norms,
     "embed_pooling": check_embed, "embed_normalize": check_embed,
     "validation_split": check_validation_split, "monitor": check_monitor,
     "patience": check_patience, "accumulation_steps": check_accumulation_steps,

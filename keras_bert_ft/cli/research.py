@@ -1,5 +1,5 @@
-"""The research subcommands of kbft: `train --seeds`, `sweep-layers`, `diff`, `probe` and
-`tune`.
+"""The research subcommands of kbft: `train --seeds`, `sweep-layers`, `diff`, `probe`,
+`ablate` and `tune`.
 
 Kept apart from cli.py so the core CLI stays short; cli.py calls `add_train_flags`,
 `add_commands` and `cmd_train_seeds`.
@@ -87,20 +87,34 @@ def cmd_diff(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    from keras_bert_ft.research.probe import format_probe, probe_layers
-    figures = probe_layers(args.model, args.train, args.validation,
-                           representation=args.representation,
-                           text_column=args.text_column or "sentence",
-                           label_column=args.label_column or "label",
-                           text_pair_column=args.text_pair_column,
-                           max_train_examples=args.max_train_examples,
-                           max_eval_examples=args.max_eval_examples,
-                           seq_length=args.seq_length, l2=args.l2,
-                           encoding=args.encoding or "utf-8-sig",
-                           output=args.json)
-    print(format_probe(figures))
-    if args.json:
-        print(f"json: {args.json}")
+    from keras_bert_ft.research import probe
+    run = probe.compare_pretrained if args.compare_pretrained else probe.probe_layers
+    figures = run(args.model, args.train, args.validation,
+                  representation=args.representation,
+                  text_column=args.text_column or "sentence",
+                  label_column=args.label_column or "label",
+                  text_pair_column=args.text_pair_column,
+                  max_train_examples=args.max_train_examples,
+                  max_eval_examples=args.max_eval_examples,
+                  seq_length=args.seq_length, l2=args.l2,
+                  encoding=args.encoding or "utf-8-sig",
+                  output=args.json, plot=args.plot)
+    print((probe.format_comparison if args.compare_pretrained else probe.format_probe)(figures))
+    for name, path in (("json", args.json), ("plot", args.plot)):
+        if path:
+            print(f"{name}: {path}")
+    return 0
+
+
+def cmd_ablate(args) -> int:
+    from keras_bert_ft.research.ablate import ablate_layers, format_ablation
+    columns = {k: getattr(args, k) for k in ("text_column", "text_pair_column",
+                                             "label_column", "encoding")
+               if getattr(args, k) is not None}
+    figures = ablate_layers(args.run, args.validation, metric=args.metric,
+                            output=args.output, overwrite=args.overwrite, **columns)
+    print(format_ablation(figures))
+    print("\n".join(f"{name}: {path}" for name, path in figures["files"].items()))
     return 0
 
 
@@ -169,7 +183,8 @@ def cmd_tune(args, config_from_args) -> int:
 
 
 def add_commands(sub, add_config_flags, add_column_flags, config_from_args) -> None:
-    """Registers `sweep-layers`, `diff`, `probe` and `tune` on the kbft subparsers."""
+    """Registers `sweep-layers`, `diff`, `probe`, `ablate` and `tune` on the kbft
+    subparsers."""
     sweep = sub.add_parser(
         "sweep-layers", help="fine-tune the top k layers for k = 0..L and the whole model; "
         "JSON + plot + recommendation",
@@ -231,8 +246,35 @@ def add_commands(sub, add_config_flags, add_column_flags, config_from_args) -> N
                        help="maximum tokens per text")
     probe.add_argument("--l2", type=float, default=1e-2, help="probe L2 penalty (default 0.01)")
     probe.add_argument("--json", help="also write the figures to this JSON file")
+    probe.add_argument("--plot", help="also draw the accuracy per layer to this PNG")
+    probe.add_argument("--compare-pretrained", action="store_true",
+                       help="--model is a run folder or export: the same probe on the "
+                       "pretrained encoder it started from too, per-layer accuracy before "
+                       "and after fine-tuning and the difference")
     add_column_flags(probe, labels=True)
     probe.set_defaults(func=cmd_probe)
+
+    ablate = sub.add_parser(
+        "ablate", help="revert each layer group to its pretrained weights in turn: the "
+        "drop of the task's metric per group",
+        description="For each encoder group (embeddings, layer_0 ..., the pooler when the "
+        "head reads it) of a fine-tuned run, puts that group's weights back to the "
+        "pretrained encoder's (the run's --encoder), scores --validation with the task's "
+        "own evaluation and reports the drop of its primary metric against the unablated "
+        "model; also every group at once (the pretrained encoder under the trained head). "
+        "Writes OUTPUT/ablate.tsv, ablate.json and ablate.png.")
+    ablate.add_argument("run", help="a kbft train --output folder or an export")
+    ablate.add_argument("--validation", required=True,
+                        help="labelled validation data in the run's task format")
+    ablate.add_argument("--output", default=None, help="folder for ablate.tsv, ablate.json "
+                        "and ablate.png (default: RUN/ablate; required for an export)")
+    ablate.add_argument("--overwrite", action="store_true", help="write into an --output "
+                        "folder that holds other files")
+    ablate.add_argument("--metric", default=None, help="validation metric compared "
+                        "(default: the task's primary one, e.g. accuracy, f1_micro, "
+                        "pearson, entity_f1, f1 (qa), rouge2)")
+    add_column_flags(ablate, labels=True)
+    ablate.set_defaults(func=cmd_ablate)
 
     tune = sub.add_parser(
         "tune", help="hyperparameter search: a fine-tuning run per grid point, the best "

@@ -29,24 +29,63 @@ class FineTuneModel(keras.Model):
     schedule and Adam's step count see one step). Losses that average over something
     other than rows (the masked token losses of tagging and summarisation average over
     labelled positions) are matched approximately: each micro-batch still counts by rows.
+
+    `log_gradient_norms` (default False): the step also logs the L2 norm of the gradient
+    it applies per layer group, averaged over the epoch, as `grad_norm_<group>`
+    (training/gradient_norms.py). Off, the step is Keras's own (or the accumulating one)
+    unchanged.
     """
 
     accumulation_steps = 1
+    log_gradient_norms = False
 
     def make_train_function(self, force=False):
         steps = self.accumulation_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise bad_argument("accumulation_steps", steps, "an int >= 1")
-        signature = (tuple(id(v) for v in self.trainable_variables), steps)
+        norms = bool(self.log_gradient_norms)
+        signature = (tuple(id(v) for v in self.trainable_variables), steps, norms)
         if signature != getattr(self, "_kbft_trainable_signature", None):
             force = True
             self._kbft_trainable_signature = signature
+        if norms and getattr(self, "_kbft_norms", None) is None:
+            from keras_bert_ft.training.gradient_norms import GradientNorms
+            self._kbft_norms = GradientNorms(self)  # fit calls this in the strategy's scope
         return super().make_train_function(force=force)
 
+    def reset_metrics(self):
+        super().reset_metrics()
+        if getattr(self, "_kbft_norms", None) is not None:
+            self._kbft_norms.reset()
+
     def train_step(self, data):
-        if self.accumulation_steps == 1:
+        if self.accumulation_steps > 1:
+            return self._accumulated_train_step(data, self.accumulation_steps)
+        if not self.log_gradient_norms:
             return super().train_step(data)
-        return self._accumulated_train_step(data, self.accumulation_steps)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(x, y, y_pred, sample_weight)
+        self._validate_target_and_loss(y, loss)
+        # The optimizer's own: a LossScaleOptimizer scales the loss and unscales here.
+        self._apply(self.optimizer.compute_gradients(loss, self.trainable_variables, tape))
+        return {**self.compute_metrics(x, y, y_pred, sample_weight),
+                **self._kbft_norms.results()}
+
+    def _apply(self, grads_and_vars) -> None:
+        """`optimizer.apply_gradients`; with `log_gradient_norms`, the gradients are summed
+        over replicas here (as the optimizer would), measured, then applied as they are."""
+        if not self.log_gradient_norms:
+            self.optimizer.apply_gradients(grads_and_vars)
+            return
+        pairs = [(g, v) for g, v in grads_and_vars if g is not None]
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            summed = context.all_reduce(tf.distribute.ReduceOp.SUM, [g for g, _ in pairs])
+            pairs = list(zip(summed, [v for _, v in pairs]))
+        self._kbft_norms.update(self, pairs)
+        self.optimizer.apply_gradients(pairs, skip_gradients_aggregation=True)
 
     def _accumulated_train_step(self, data, steps: int):
         """One optimizer step over `steps` micro-batches of `data` (see the class doc)."""
@@ -106,7 +145,9 @@ class FineTuneModel(keras.Model):
             summed = [a + more[i] for a, i in zip(summed, present)]
         for i, g in zip(present, summed):
             grads[i] = g
-        optimizer.apply_gradients(zip(grads, variables))
+        self._apply(list(zip(grads, variables)))
+        if self.log_gradient_norms:
+            return {**self.get_metrics_result(), **self._kbft_norms.results()}
         return self.get_metrics_result()
 
     @property

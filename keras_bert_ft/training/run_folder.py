@@ -7,8 +7,9 @@ ours), `checkpoints/`, `logs/`, `backup/` while a run is unfinished, and at the 
 pretrain run: `encoder/` and `preprocessor/` instead, the task's `save_model`); for
 classification also `confusion_matrix.json` and `confusion_matrix.png` (and
 `test_confusion_matrix.png` with test data), and for sentence tasks `errors.tsv`, the
-validation examples with the highest loss, and `timings.json`, the seconds each phase of
-the run took (keras_bert_ft.timings). An existing non-empty folder that is not a run
+validation examples with the highest loss, `timings.json`, the seconds each phase of
+the run took (keras_bert_ft.timings), and with `log_gradient_norms` `gradient_norms.png`,
+the gradient norm per layer group and epoch. An existing non-empty folder that is not a run
 folder is refused unless the user asks to `overwrite`.
 """
 
@@ -26,13 +27,15 @@ from keras_bert_ft.config import to_json
 from keras_bert_ft.errors import KbftError, bad_argument
 from keras_bert_ft.paths import check_output_folder
 from keras_bert_ft.timings import TIMINGS_FILE, PhaseTimer
+from keras_bert_ft.training.gradient_norms import history_norms
 from keras_bert_ft.training.strategy import is_chief
 
 MARKER = ".kbft-run"
 RUN_CONFIG = "run_config.json"
 # Written only by some runs: a previous run's copies are removed so none is left stale.
 OPTIONAL_OUTPUTS = ("confusion_matrix.json", "confusion_matrix.png",
-                    "test_confusion_matrix.png", "errors.tsv", TIMINGS_FILE)
+                    "test_confusion_matrix.png", "errors.tsv", TIMINGS_FILE,
+                    "gradient_norms.png")
 
 
 def is_run_folder(path: str) -> bool:
@@ -75,7 +78,7 @@ def checkpoint_callbacks(output_dir: Optional[str]):
 
 def save_run(result, output_dir: str, export: bool = True) -> dict:
     """Writes `metrics.json`, `history.json`, `history.png`, `run_config.json` and the export;
-    with a confusion matrix in the metrics `confusion_matrix.json` / `.png` (a test one:
+    with gradient norms in the history `gradient_norms.png`; with a confusion matrix in the metrics `confusion_matrix.json` / `.png` (a test one:
     `test_confusion_matrix.png`), with `result.errors` the table `errors.tsv`.
 
     Under MultiWorkerMirroredStrategy only the chief writes them; the other workers
@@ -103,6 +106,9 @@ def save_run(result, output_dir: str, export: bool = True) -> dict:
     write_json(os.path.join(output_dir, "history.json"), result.history)
     write_json(os.path.join(output_dir, RUN_CONFIG), {**to_json(result.config), **result.info})
     paths["plot"] = plot_history(result.history, os.path.join(output_dir, "history.png"))
+    if history_norms(result.history):
+        paths["gradient_norms"] = plot_gradient_norms(
+            result.history, os.path.join(output_dir, "gradient_norms.png"))
     matrix = result.metrics.get("confusion_matrix")
     if matrix:
         write_json(os.path.join(output_dir, "confusion_matrix.json"), matrix)
@@ -229,4 +235,39 @@ def plot_history(history: dict, path: str) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return path
+
+
+def plot_gradient_norms(history: dict, path: str) -> str:
+    """The logged gradient norm of each layer group per epoch (`grad_norm_<group>`), one
+    line per group on a log scale (a frozen group's zeros are left out), as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from matplotlib.ticker import MaxNLocator
+
+    norms = history_norms(history)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = plt.cm.viridis(np.linspace(0.0, 0.9, max(len(norms), 1)))
+    for (group, values), color in zip(norms.items(), colors):
+        values = np.asarray(values, dtype=np.float64)
+        if not np.any(values > 0):
+            continue
+        epochs = np.arange(1, len(values) + 1)
+        ax.plot(epochs, np.where(values > 0, values, np.nan), marker="o", color=color,
+                linestyle="--" if group in ("embeddings", "pooler", "head") else "-",
+                label=group)
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("L2 norm of the gradient (mean over the epoch's steps)")
+    ax.set_title("gradient norm per layer group")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
     return path

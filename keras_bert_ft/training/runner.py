@@ -216,6 +216,7 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
     # With accumulation each step takes N batches of batch_size (model.train_step splits it).
     step_batch = config.batch_size * config.accumulation_steps
     model.accumulation_steps = config.accumulation_steps
+    model.log_gradient_norms = config.log_gradient_norms
     steps_per_epoch = epoch_batches(train_features.features, batch_size=step_batch,
                                     padding=padding, drop_remainder=drop_remainder)
     multipliers = learning_rate_multipliers(model, config)
