@@ -389,6 +389,18 @@ def test_kbft_pretrain_continues_from_the_saved_head(pretrained, tmp_path, capsy
 
 
 @pytest.mark.slow
+def test_a_pretrain_run_folder_is_refused_where_a_model_is_expected(pretrained, capsys):
+    from keras_bert_ft.export.restore import restore, saved_config
+    _, out, train, _ = pretrained
+    encoder = os.path.join(out, "encoder")
+    for read in (restore, saved_config):
+        with pytest.raises(KbftError, match=f"kbft pretrain run.*--encoder {encoder}"):
+            read(out)
+    assert cli.main(["predict", "--model", out, "--text", "a good film"]) != 0
+    assert f"{out} is a kbft pretrain run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_sigkill_mid_pretraining_then_the_same_command_resumes(tmp_path, encoder2):
     from test_fault_tolerance import finish, start
     train = write_lines(tmp_path / "train.txt", text_lines(48, 0))

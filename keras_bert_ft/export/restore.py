@@ -32,6 +32,7 @@ def restore(path: str, checkpoint: Optional[str] = None, name: str = "model"):
                                "one set of weights); checkpoints belong to run folders")
         return restore_export(path, name=name)
     if os.path.isfile(os.path.join(path, run_folder.RUN_CONFIG)):
+        _refuse_pretrain_run(run_folder.read_run_config(path, name), path, name)
         return restore_run(path, checkpoint, name=name)
     raise bad_argument(name, path, "a kbft train --output folder (with run_config.json) or "
                        f"an export (with {METADATA_FILE})")
@@ -45,9 +46,21 @@ def saved_config(path: str, name: str = "model"):
     if os.path.isfile(os.path.join(path, METADATA_FILE)):
         return _export_config(path, name)
     if os.path.isfile(os.path.join(path, run_folder.RUN_CONFIG)):
-        return _split(run_folder.read_run_config(path, name))
+        saved = run_folder.read_run_config(path, name)
+        _refuse_pretrain_run(saved, path, name)
+        return _split(saved)
     raise bad_argument(name, path, "a kbft train --output folder (with run_config.json) or "
                        f"an export (with {METADATA_FILE})")
+
+
+def _refuse_pretrain_run(saved: dict, path: str, name: str) -> None:
+    """A `kbft pretrain` run folder holds an encoder to fine-tune, not a model that
+    predicts: refused in one line that names the folder to use instead."""
+    if saved.get("task") == "pretrain":
+        encoder = os.path.join(path, "encoder")
+        raise KbftError(f"{path} is a kbft pretrain run: it makes no predictions. Its "
+                        f"encoder is {encoder} (kbft train --encoder {encoder}; kbft probe "
+                        f"--model {encoder}). Received: {name}={path!r}", argument=name)
 
 
 def is_restorable(path: str) -> bool:

@@ -245,10 +245,23 @@ def plot_gradient_norms(history: dict, path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    draw_gradient_norms(ax, history)
+    fig.tight_layout()
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def draw_gradient_norms(ax, history: dict, title: str = "gradient norm per layer group"):
+    """Draws `plot_gradient_norms`'s lines on a matplotlib axis (also for side-by-side
+    figures of several runs)."""
+    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     norms = history_norms(history)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = plt.cm.viridis(np.linspace(0.0, 0.9, max(len(norms), 1)))
     for (group, values), color in zip(norms.items(), colors):
         values = np.asarray(values, dtype=np.float64)
@@ -262,12 +275,6 @@ def plot_gradient_norms(history: dict, path: str) -> str:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("L2 norm of the gradient (mean over the epoch's steps)")
-    ax.set_title("gradient norm per layer group")
+    ax.set_title(title)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
