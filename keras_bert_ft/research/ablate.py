@@ -202,12 +202,8 @@ def plot_ablation(figures: dict, path: str) -> str:
     ax.set_ylabel(f"drop of {figures['metric']}")
     ax.set_title(f"each group reverted to pretrained\n({figures['metric']} unablated: "
                  f"{figures['unablated']:.4f})", fontsize=10)
-    fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    from keras_bert_ft.training.run_folder import save_figure
+    return save_figure(fig, path)
 
 
 def format_ablation(figures: dict) -> str:

@@ -228,12 +228,8 @@ def plot_probe(figures: dict, path: str) -> str:
     ax.set_title(f"{figures['representation']} vectors, {figures['train_examples']} "
                  "training texts", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    from keras_bert_ft.training.run_folder import save_figure
+    return save_figure(fig, path)
 
 
 def format_comparison(figures: dict) -> str:

@@ -263,7 +263,5 @@ def plot_sweep(figures: dict, path: str) -> str:
         ax.set_xticks(ks)
         ax.legend(fontsize=8)
     fig.suptitle(f"{figures['encoder']}: {figures['train_examples']} training examples")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    from keras_bert_ft.training.run_folder import save_figure
+    return save_figure(fig, path)

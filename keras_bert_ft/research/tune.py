@@ -512,12 +512,8 @@ def plot_trials(result: TuneResult, path: str) -> str:
     ax.set(xlabel=first, ylabel=f"validation {result.objective}",
            title=f"validation {result.objective} per trial ({better} is better)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = f"{path}.tmp"
-    fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    from keras_bert_ft.training.run_folder import save_figure
+    return save_figure(fig, path)
 
 
 def _read_json(path: str) -> Optional[dict]:

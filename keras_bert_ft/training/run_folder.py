@@ -207,12 +207,7 @@ def plot_confusion_matrix(confusion: dict, path: str, title: str = "validation")
         for j in range(len(labels)):
             ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=fontsize,
                     color="white" if matrix[i, j] > threshold else "black")
-    fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_history(history: dict, path: str) -> str:
@@ -232,10 +227,7 @@ def plot_history(history: dict, path: str) -> str:
         ax.set_xlabel("epoch")
         ax.set_title(key)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_gradient_norms(history: dict, path: str) -> str:
@@ -247,12 +239,7 @@ def plot_gradient_norms(history: dict, path: str) -> str:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     draw_gradient_norms(ax, history)
-    fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
 
 
 def draw_gradient_norms(ax, history: dict, title: str = "gradient norm per layer group"):
@@ -278,3 +265,19 @@ def draw_gradient_norms(ax, history: dict, title: str = "gradient norm per layer
     ax.set_title(title)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, ncol=2)
+
+
+def save_figure(fig, path: str) -> str:
+    """Writes a matplotlib figure as a PNG at `path` (laid out, written to a temporary
+    file and renamed, so a killed run never leaves half a picture) and closes it."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    tmp = f"{path}.tmp.png"
+    try:
+        fig.savefig(tmp, dpi=100, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
