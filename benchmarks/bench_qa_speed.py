@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     result = fine_tune_qa(questions, None, epochs=1, seq_length=args.seq_length,
                           doc_stride=args.doc_stride, batch_size=args.batch_size,
                           learning_rate=args.learning_rate, padding=args.padding,
-                          error_examples=0, verbose=2)
+                          verbose=2)
     m = result.metrics
     kbft = {"questions": m["train_examples"], "windows": m["train_windows"],
             "windows_per_second": m["train_examples_per_second"],
