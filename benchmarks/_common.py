@@ -28,3 +28,17 @@ def limit_threads(threads) -> None:
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def run_hf_anchor(script: str, arguments, cwd=None) -> dict:
+    """Runs benchmarks/anchors/`script` in .bench-venvs/hf with `arguments` and returns
+    the JSON line it prints last, or {"skipped": why} (no venv, or no JSON printed)."""
+    import subprocess
+    here = os.path.dirname(os.path.abspath(__file__))
+    python = os.path.join(os.path.dirname(here), ".bench-venvs", "hf", "bin", "python")
+    if not os.path.exists(python):
+        return {"skipped": "no .bench-venvs/hf (run: bash benchmarks/setup_anchors.sh)"}
+    proc = subprocess.run([python, os.path.join(here, "anchors", script), *arguments],
+                          capture_output=True, text=True, cwd=cwd)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if lines else {"skipped": proc.stderr.strip()[-300:]}

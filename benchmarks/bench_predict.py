@@ -11,19 +11,16 @@ latency). Hugging Face: `pipeline("text-classification")` at batch 64 and batch 
 """
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-from _common import write_figures
+from _common import run_hf_anchor, write_figures
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 
 def main(argv=None) -> int:
@@ -59,15 +56,9 @@ def main(argv=None) -> int:
             "batch1_examples_per_second": round(len(times) / sum(times), 1),
             "batch1_p50_ms": round(statistics.median(times) * 1000, 2)}
 
-    python = os.path.join(ROOT, ".bench-venvs", "hf", "bin", "python")
-    if os.path.exists(python):
-        proc = subprocess.run([python, os.path.join(HERE, "anchors", "hf_predict.py"),
-                               "--dev", test, "--model-dir", presets._source_dir("minilm-l6"),
-                               "--single", str(args.single)], capture_output=True, text=True)
-        lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
-        hf = json.loads(lines[-1]) if lines else {"skipped": proc.stderr.strip()[-300:]}
-    else:
-        hf = {"skipped": "no .bench-venvs/hf (run: bash benchmarks/setup_anchors.sh)"}
+    hf = run_hf_anchor("hf_predict.py", ["--dev", test, "--model-dir",
+                                         presets._source_dir("minilm-l6"),
+                                         "--single", str(args.single)])
     figures = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}",

@@ -12,14 +12,12 @@ exclude the first step (tracing / warm-up) on both sides.
 """
 
 import argparse
-import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
-from _common import write_figures
+from _common import run_hf_anchor, write_figures
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -57,18 +55,13 @@ def main(argv=None) -> int:
             "mixed_precision": result.config.mixed_precision,
             "padding": args.padding, "wall_seconds": round(time.time() - start, 1)}
 
-    python = os.path.join(ROOT, ".bench-venvs", "hf", "bin", "python")
-    if os.path.exists(python):
-        proc = subprocess.run(
-            [python, os.path.join(HERE, "anchors", "hf_qa.py"), "--data", args.data,
-             "--articles", str(args.articles), "--model-dir", presets._source_dir("minilm-l6"),
-             "--seq-length", str(args.seq_length), "--doc-stride", str(args.doc_stride),
-             "--batch-size", str(args.batch_size), "--learning-rate", str(args.learning_rate)],
-            capture_output=True, text=True, cwd=os.path.join(HERE, "anchors"))
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-        hf = json.loads(lines[-1]) if lines else {"skipped": proc.stderr.strip()[-300:]}
-    else:
-        hf = {"skipped": "no .bench-venvs/hf (run: bash benchmarks/setup_anchors.sh)"}
+    hf = run_hf_anchor(
+        "hf_qa.py", ["--data", args.data, "--articles", str(args.articles),
+                     "--model-dir", presets._source_dir("minilm-l6"),
+                     "--seq-length", str(args.seq_length), "--doc-stride", str(args.doc_stride),
+                     "--batch-size", str(args.batch_size),
+                     "--learning-rate", str(args.learning_rate)],
+        cwd=os.path.join(HERE, "anchors"))
     figures = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}",

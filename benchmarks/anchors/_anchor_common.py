@@ -54,3 +54,14 @@ def report(name, examples_per_second, dev_accuracy, steps, **extra):
                       "dev_accuracy": round(dev_accuracy, 4), "steps": steps,
                       "peak_memory_mib": round(peak, 1), **extra}))
     sys.stdout.flush()
+
+
+def adamw_groups(model, weight_decay=0.01):
+    """Hugging Face's usual AdamW parameter groups: decay on every weight but biases and
+    LayerNorm weights (a PyTorch model's named_parameters)."""
+    no_decay = ("bias", "LayerNorm.weight")
+    named = list(model.named_parameters())
+    return [{"params": [p for n, p in named if not any(k in n for k in no_decay)],
+             "weight_decay": weight_decay},
+            {"params": [p for n, p in named if any(k in n for k in no_decay)],
+             "weight_decay": 0.0}]

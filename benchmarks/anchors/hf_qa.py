@@ -16,7 +16,7 @@ import torch
 from transformers import (AutoModelForQuestionAnswering, AutoTokenizer,
                           get_linear_schedule_with_warmup)
 
-from _anchor_common import StepTimer
+from _anchor_common import StepTimer, adamw_groups
 
 
 def read_questions(path, articles):
@@ -80,11 +80,7 @@ def main():
     steps = math.ceil(n / args.batch_size)
     if args.max_steps:
         steps = min(steps, args.max_steps)
-    no_decay = ("bias", "LayerNorm.weight")
-    groups = [{"params": [p for name, p in model.named_parameters()
-                          if not any(k in name for k in no_decay)], "weight_decay": 0.01},
-              {"params": [p for name, p in model.named_parameters()
-                          if any(k in name for k in no_decay)], "weight_decay": 0.0}]
+    groups = adamw_groups(model)
     optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
     schedule = get_linear_schedule_with_warmup(optimizer, max(steps // 10, 1), steps)
     order = np.random.RandomState(args.seed).permutation(n)

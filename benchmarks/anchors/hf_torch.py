@@ -10,7 +10,7 @@ import torch
 from transformers import (AutoTokenizer, BertForSequenceClassification,
                           get_linear_schedule_with_warmup)
 
-from _anchor_common import StepTimer, parse_args, read_tsv, report
+from _anchor_common import StepTimer, adamw_groups, parse_args, read_tsv, report
 
 
 def main():
@@ -24,11 +24,7 @@ def main():
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     model = BertForSequenceClassification.from_pretrained(args.model_dir, num_labels=2)
     steps = math.ceil(len(texts) / args.batch_size)
-    no_decay = ("bias", "LayerNorm.weight")
-    groups = [{"params": [p for n, p in model.named_parameters()
-                          if not any(k in n for k in no_decay)], "weight_decay": 0.01},
-              {"params": [p for n, p in model.named_parameters()
-                          if any(k in n for k in no_decay)], "weight_decay": 0.0}]
+    groups = adamw_groups(model)
     optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
     schedule = get_linear_schedule_with_warmup(optimizer, steps // 10, steps)
     order = np.random.RandomState(args.seed).permutation(len(texts))
