@@ -82,13 +82,9 @@ def mean_rows(table: np.ndarray, pieces: Sequence[Sequence[int]]) -> np.ndarray:
 
 def plan(config, encoder_vocab_file: str) -> Tuple[str, List[str], str]:
     """(old vocab file, new words, grown vocab file) for `config.add_tokens`; the
-    preprocessor must be a vocab.txt one."""
+    config's validation has refused a preprocessor that is not a vocab.txt."""
     from keras_bert_ft.data.preprocessing import read_vocab
-    handle = config.preprocessor
-    if handle and not handle.endswith(".txt"):
-        raise bad_argument("add_tokens", config.add_tokens, "used with a vocab.txt "
-                           f"preprocessor (the preprocessor {handle!r} is a SavedModel)")
-    old = handle or encoder_vocab_file
+    old = config.preprocessor or encoder_vocab_file
     if old is None:
         raise bad_argument("add_tokens", config.add_tokens, "used with an encoder that "
                            "carries a vocab.txt, or --preprocessor vocab.txt")
