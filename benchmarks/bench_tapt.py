@@ -8,7 +8,7 @@ then the same fine-tuning recipe (the first 1,000 of a seeded shuffle of the tra
 rows, 3 epochs, batch 16, lr 1e-4, mean pooling, seq 64; nothing chosen on the test data)
 from the pretrained minilm-l6 and from the further pre-trained encoder, seeds 0, 1, 2.
 
-    .venv/bin/python benchmarks/bench_tapt.py [--datasets cola sst2] [--pretrain-epochs 5]
+    .venv/bin/python benchmarks/bench_tapt.py [--datasets cola trec sst2] [--pretrain-epochs 5]
 """
 
 import argparse
@@ -23,18 +23,18 @@ from _common import write_figures
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 DATA = os.path.join(ROOT, "..", "shared", "data")
-COLA_COLUMNS = ["source", "label", "original_label", "sentence"]
-# dataset -> (training file, test file, column names (None: the file's header), metric,
+# dataset -> (training file, test file, named reader (None: a TSV with a header), metric,
 #             at most this many unlabelled training texts)
 DATASETS = {
-    "cola": ("cola/in_domain_train.tsv", "cola/in_domain_dev.tsv", COLA_COLUMNS, "mcc", None),
+    "cola": ("cola/in_domain_train.tsv", "cola/in_domain_dev.tsv", "cola", "mcc", None),
+    "trec": ("trec/TREC.train", "trec/TREC.test", "trec", "accuracy", None),
     "sst2": ("sst2/train.tsv", "sst2/test.tsv", None, "accuracy", 20000),
 }
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=["cola", "sst2"], choices=DATASETS)
+    parser.add_argument("--datasets", nargs="+", default=["cola", "trec"], choices=DATASETS)
     parser.add_argument("--data", default=DATA)
     parser.add_argument("--labelled", type=int, default=1000)
     parser.add_argument("--seeds", type=int, default=3)
@@ -46,6 +46,7 @@ def main(argv=None) -> int:
     from keras_bert_ft import pretrain
     from keras_bert_ft.config import FineTuneConfig
     from keras_bert_ft.data import examples as data_lib
+    from keras_bert_ft.data import readers
     from keras_bert_ft.research.seeds import run_seeds
 
     figures = {"date": time.strftime("%Y-%m-%d"),
@@ -53,9 +54,9 @@ def main(argv=None) -> int:
                           f"{platform.python_version()}",
                "std": "sample standard deviation (ddof 1)", "datasets": {}}
     for name in args.datasets:
-        train_file, test_file, columns, metric, max_texts = DATASETS[name]
-        read = lambda f: data_lib.read_table(os.path.join(args.data, f),  # noqa: E731
-                                             **({"column_names": columns} if columns else {}))
+        train_file, test_file, reader, metric, max_texts = DATASETS[name]
+        read = lambda f: (readers.read_named(reader, os.path.join(args.data, f))  # noqa: E731
+                          if reader else data_lib.read_table(os.path.join(args.data, f)))
         train, test = read(train_file), read(test_file)
         texts = [str(t) for t in train["sentence"]][:max_texts]
         labelled = train.sample(n=args.labelled, random_state=0)

@@ -3,6 +3,8 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# before TensorFlow, as in a user's process: keras_bert_ft sets TF_ENABLE_ONEDNN_OPTS
+import keras_bert_ft  # noqa: E402,F401
 # The toolkit's reusable results (native-encoder checks) go to a folder of this process,
 # never the user's ~/.cache; tests that need it empty set their own.
 import tempfile  # noqa: E402

@@ -75,3 +75,37 @@ def test_bad_tf_config_is_reported():
     assert finding.level == "error" and "TF_CONFIG" in finding.message
     good = json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}})
     assert doctor.cluster_findings({"TF_CONFIG": good})[0].message.startswith("this process is worker 1")
+
+
+def test_onednn_is_on_unless_the_user_turned_it_off():
+    """keras_bert_ft turns TensorFlow's oneDNN CPU kernels on before TensorFlow is imported
+    (TensorFlow itself does only on AVX512-VNNI/BF16/AMX CPUs); a user's own 0 is kept."""
+    import os
+    import subprocess
+    import sys
+    code = ("import keras_bert_ft, os, tensorflow\n"
+            "from keras_bert_ft import doctor\n"
+            "f = doctor.onednn_finding(os.environ)\n"
+            "print(f.level, os.environ['TF_ENABLE_ONEDNN_OPTS'], f.message)")
+    seen = {}
+    for value in (None, "0"):
+        env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+        if value is not None:
+            env["TF_ENABLE_ONEDNN_OPTS"] = value
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        seen[value] = out.stdout.strip().splitlines()[-1]
+    assert seen[None].startswith("ok 1 oneDNN CPU kernels are on"), seen
+    assert seen["0"].startswith("ok 0 oneDNN CPU kernels are off: TF_ENABLE_ONEDNN_OPTS=0"), seen
+    # this test process imported keras_bert_ft (conftest) before TensorFlow: on here as well
+    assert doctor.onednn_finding(os.environ).level == "ok"
+
+
+def test_onednn_imported_too_late_is_a_warning_with_its_fix(monkeypatch):
+    from tensorflow.python.util import _pywrap_util_port
+    monkeypatch.setattr(_pywrap_util_port, "IsMklEnabled", lambda: False)
+    monkeypatch.setattr(_pywrap_util_port, "IsX86Available", lambda: True)
+    finding = doctor.onednn_finding({"TF_ENABLE_ONEDNN_OPTS": "1"})
+    assert finding.level == "warn" and "imported before keras_bert_ft" in finding.message
+    assert "import keras_bert_ft before tensorflow" in finding.fix
