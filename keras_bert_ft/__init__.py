@@ -8,8 +8,8 @@ import os
 
 # TensorFlow's oneDNN kernels on x86 CPUs. TensorFlow turns them on by itself only on CPUs
 # with AVX512-VNNI / BF16 / AMX; on plain AVX2 machines they halve batch-1 serving latency
-# (docs/performance.md). Read when TensorFlow first runs, so it is set before any module
-# here imports TensorFlow; a user's own TF_ENABLE_ONEDNN_OPTS (0: off) is kept.
+# (docs/measurements.md, "Serving"). TensorFlow reads this when it first runs, so it is set
+# before any module here imports TensorFlow; a user's own TF_ENABLE_ONEDNN_OPTS is kept.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 __version__ = "0.1.0"
