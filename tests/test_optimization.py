@@ -63,3 +63,41 @@ def test_create_optimizer_wires_schedule_and_errors():
         create_optimizer(1e-5, total_steps=0)
     with pytest.raises(KbftError, match="Received: warmup_ratio=1.5"):
         create_optimizer(1e-5, total_steps=5, warmup_ratio=1.5)
+
+
+def _numpy_adamw(var, grads, rates, decay, b1=0.9, b2=0.999, eps=1e-6, bias_correction=True):
+    """AdamW as written in the BERT-fine-tuning papers: decay by lr x decay, then Adam."""
+    m = np.zeros_like(var)
+    v = np.zeros_like(var)
+    for t, (g, lr) in enumerate(zip(grads, rates), start=1):
+        var = var - lr * decay * var
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        step = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t) if bias_correction else lr
+        var = var - step * m / (np.sqrt(v) + eps)
+    return var
+
+
+@pytest.mark.parametrize("bias_correction", [True, False])
+@pytest.mark.parametrize("in_function", [True, False])
+def test_steps_match_numpy_adamw_with_schedule_and_decay(bias_correction, in_function):
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(3, 4)).astype(np.float32)
+    grads = rng.normal(size=(5, 3, 4)).astype(np.float32)
+    schedule = WarmupLinearDecay(0.1, total_steps=5, warmup_steps=2)
+    kernel, bias = tf.Variable(start, name="dense/kernel"), tf.Variable(start, name="dense/bias")
+    opt = AdamW(schedule, weight_decay=0.1, bias_correction=bias_correction)
+
+    def step(g):
+        opt.apply_gradients([(g, kernel), (g, bias)])
+
+    step = tf.function(step) if in_function else step
+    for g in grads:
+        step(tf.constant(g))
+    rates = [float(schedule(t)) for t in range(5)]
+    np.testing.assert_allclose(kernel.numpy(), _numpy_adamw(start, grads, rates, 0.1,
+                                                            bias_correction=bias_correction),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bias.numpy(), _numpy_adamw(start, grads, rates, 0.0,
+                                                          bias_correction=bias_correction),
+                               rtol=1e-5, atol=1e-6)

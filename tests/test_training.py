@@ -40,6 +40,12 @@ def test_user_callbacks_and_metrics(result):
     assert len(result.history["loss"]) == 2
 
 
+def test_train_step_is_traced_once(result):
+    """The optimizer's slots exist before the step is traced: a step that created them
+    would be traced twice before its first run (seconds of every run's start)."""
+    assert result.model.train_function.experimental_get_tracing_count() == 1
+
+
 def test_default_preprocessor_comes_from_encoder_vocab(result):
     assert result.preprocessor.source.endswith("vocab.txt")
     assert result.preprocessor.lower_case is True

@@ -51,7 +51,20 @@ class FineTuneModel(keras.Model):
         if norms and getattr(self, "_kbft_norms", None) is None:
             from keras_bert_ft.training.gradient_norms import GradientNorms
             self._kbft_norms = GradientNorms(self)  # fit calls this in the strategy's scope
+        self._build_optimizer_slots()
         return super().make_train_function(force=force)
+
+    def _build_optimizer_slots(self) -> None:
+        """Creates the toolkit AdamW's slots for the trainable variables before the step
+        is traced. A tf.function whose first trace creates variables is traced a second
+        time before it runs, so slots made inside the step double its tracing (seconds
+        of every run's first step)."""
+        from keras_bert_ft.training.optimization import AdamW
+        optimizer = getattr(self, "optimizer", None)
+        inner = getattr(optimizer, "inner_optimizer", optimizer)  # under loss scaling
+        if isinstance(inner, AdamW):
+            with self.distribute_strategy.scope():
+                inner.build(self.trainable_variables)
 
     def reset_metrics(self):
         super().reset_metrics()

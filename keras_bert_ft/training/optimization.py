@@ -88,24 +88,56 @@ class AdamW(keras.optimizers.Optimizer):
     def _apply_weight_decay(self, variables):
         """Weight decay happens in `update_step`, scaled by each variable's factor."""
 
+    def apply_gradients(self, grads_and_vars, *args, **kwargs):
+        self._scalars = {}  # this step's learning rate and Adam powers, made once
+        try:
+            return super().apply_gradients(grads_and_vars, *args, **kwargs)
+        finally:
+            self._scalars = {}
+
+    def _step_scalars(self, variable):
+        """(learning rate, beta_1^t, beta_2^t) of this step in `variable`'s dtype, made
+        once per step per graph and device rather than once per variable: the schedule
+        and the powers would otherwise be traced ~100 times into every train step."""
+        dtype = variable.dtype.base_dtype
+        graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
+        key = (id(graph), variable.device, dtype)
+        cache = getattr(self, "_scalars", None)
+        if cache is None:
+            cache = self._scalars = {}
+        if key not in cache:
+            lr = tf.cast(self.learning_rate, dtype)
+            if self.bias_correction:
+                step = tf.cast(self.iterations + 1, dtype)
+                powers = (tf.pow(tf.cast(self.beta_1, dtype), step),
+                          tf.pow(tf.cast(self.beta_2, dtype), step))
+            else:  # Adam's step with powers 0 is the uncorrected one
+                powers = (tf.zeros([], dtype), tf.zeros([], dtype))
+            cache[key] = (graph, (lr, *powers))  # the graph held: its id stays unique
+        return cache[key][1]
+
     def update_step(self, gradient, variable):
         if isinstance(gradient, tf.IndexedSlices):
             gradient = tf.convert_to_tensor(gradient)
-        dtype = variable.dtype
+        dtype = variable.dtype.base_dtype
         key = self._var_key(variable)
-        lr = tf.cast(self.learning_rate, dtype) * self._multipliers.get(key, 1.0)
+        lr, beta_1_power, beta_2_power = self._step_scalars(variable)
+        factor = self._multipliers.get(key, 1.0)
+        if factor != 1.0:
+            lr = lr * factor
         if self.weight_decay is not None and self._use_weight_decay(variable):
             # Decoupled: shrink by lr x decay before the Adam step, like Keras does.
-            variable.assign_sub(variable * tf.cast(self.weight_decay, dtype) * lr)
+            variable.assign_sub(variable * (tf.cast(self.weight_decay, dtype) * lr))
         index = self._index_dict[key]
-        m, v = self._momentums[index], self._velocities[index]
-        m.assign(self.beta_1 * m + (1.0 - self.beta_1) * gradient)
-        v.assign(self.beta_2 * v + (1.0 - self.beta_2) * tf.square(gradient))
-        if self.bias_correction:
-            step = tf.cast(self.iterations + 1, dtype)
-            lr = lr * tf.sqrt(1.0 - tf.pow(tf.cast(self.beta_2, dtype), step)) / (
-                1.0 - tf.pow(tf.cast(self.beta_1, dtype), step))
-        variable.assign_sub(lr * m / (tf.sqrt(v) + self.epsilon))
+        # TensorFlow's fused Adam kernel, one pass over the variable and its slots:
+        # m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
+        # variable <- variable - lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps).
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle, m=self._momentums[index].handle,
+            v=self._velocities[index].handle, beta1_power=beta_1_power,
+            beta2_power=beta_2_power, lr=lr, beta1=tf.constant(self.beta_1, dtype),
+            beta2=tf.constant(self.beta_2, dtype), epsilon=tf.constant(self.epsilon, dtype),
+            grad=tf.cast(gradient, dtype), use_locking=False)
 
     def get_config(self):
         config = super().get_config()
