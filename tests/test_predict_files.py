@@ -10,6 +10,7 @@ import tracemalloc
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 
 import keras_bert_ft as kbft
 from keras_bert_ft import cli
@@ -357,3 +358,32 @@ def test_empty_texts_refused_as_load_examples_refuses_them(classifier, tmp_path,
                    capsys)
     assert err.startswith("error: --input must be data with no empty value in text "
                           "column 'sentence'; rows 3, 6, 14 have one")
+
+
+def test_batches_hold_texts_of_equal_token_length_and_outputs_keep_input_order(classifier):
+    """`run` orders texts by their token count before batching (little padding), and
+    returns each text's own output in the input order."""
+    result, _ = classifier
+    serving = result.serving
+    texts = ["good", "the movie was very very boring and long", "bad", "fun fun",
+             "the movie was good", "boring"]
+    lengths = serving.token_lengths(texts)
+    packed = serving.preprocessor(tf.constant(texts))["input_mask"].numpy().sum(axis=1)
+    np.testing.assert_array_equal(lengths, packed)
+    seen = []
+    serve = serving.serve_fn
+
+    def recording(*batch):
+        seen.append([x.decode() for x in batch[0].numpy()])
+        return serve(*batch)
+
+    serving.serve_fn = recording
+    try:
+        together = serving.run(texts, batch_size=2)[0]["probabilities"]
+    finally:
+        serving.serve_fn = serve
+    by_text = dict(zip(texts, lengths))
+    assert [by_text[t] for batch in seen for t in batch] == sorted(lengths.tolist())
+    for text, row in zip(texts, together):
+        np.testing.assert_allclose(row, serve(tf.constant([text]))["probabilities"].numpy()[0],
+                                   atol=1e-6)

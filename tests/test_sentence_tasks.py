@@ -137,8 +137,11 @@ def test_regression_cli_metrics_evaluate_predict(regression_run, capsys):
 def test_fresh_process_reload_gives_identical_outputs(multilabel, regression_run):
     got = fresh_predict({"multilabel": multilabel.export_dir,
                          "regression": os.path.join(regression_run[0], "export")}, TEXTS)
-    # The same export loaded in this process (kbft predict, for regression).
-    assert got["regression"]["score"] == [r["score"] for r in regression_run[2]]
+    # The same export loaded in this process (kbft predict, for regression): kbft predict
+    # batches texts of equal token length together, so float sums may differ in the
+    # last bits from one batch of all texts.
+    np.testing.assert_allclose(got["regression"]["score"],
+                               [r["score"] for r in regression_run[2]], rtol=0, atol=1e-6)
     here = export_lib.predict_export(export_lib.load_export(multilabel.export_dir), TEXTS)
     ml = got["multilabel"]
     assert set(ml) == set(here) == {"probabilities", "predictions", "labels"}
