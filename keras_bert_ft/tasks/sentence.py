@@ -23,7 +23,7 @@ from keras_bert_ft.config import SENTENCE_TASKS as TASKS
 from keras_bert_ft.data import examples as data_lib
 from keras_bert_ft.data.preprocessing import trim_to_longest
 from keras_bert_ft.errors import KbftError, bad_argument
-from keras_bert_ft.export.serving import TaskServing, concat_batches
+from keras_bert_ft.export.serving import TaskServing, concat_batches, run_batches
 from keras_bert_ft.tasks import base, models, scores as metrics_lib
 
 # The metric each task's runs are usually judged and compared by.
@@ -226,10 +226,8 @@ class SentenceServing(TaskServing):
             length_fn = _LENGTH_FNS[self] = tf.function(
                 lambda *texts: tf.reduce_sum(self.preprocessor(*texts)["input_mask"], axis=1),
                 input_signature=[spec] * len(self.input_names), autograph=False)
-        return np.concatenate([
-            length_fn(*[tf.constant([str(x) for x in c[start:start + batch_size]],
-                                          tf.string) for c in columns]).numpy()
-            for start in range(0, len(columns[0]), batch_size)])
+        batches = run_batches(lambda *texts: {"length": length_fn(*texts)}, columns, batch_size)
+        return concat_batches(batches)["length"]
 
     def run(self, *columns, batch_size: int = 32):
         """`serve_fn` over Python string lists in batches of equal or near token length
