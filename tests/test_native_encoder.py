@@ -67,6 +67,44 @@ def test_frozen_groups_run_in_inference_mode_while_training(encoder4):
         assert not np.allclose(a.numpy(), b.numpy())
 
 
+def test_output_range_computes_the_first_token_alone_with_the_same_values(encoder4):
+    """`output_range=1`: the last layer's output for [CLS] only, equal to the full pass's
+    first token; `pooled_output`, and so a classifier's logits and gradients, unchanged.
+    build_classifier hands it to the encoder for `pooled` and `cls` heads, not `mean`."""
+    from keras_bert_ft.tasks.models import build_classifier
+    encoder = NativeEncoder(encoder4)
+    full, first = encoder(_inputs()), encoder(_inputs(), output_range=1)
+    assert first["sequence_output"].shape[1] == 1 and full["sequence_output"].shape[1] == 6
+    np.testing.assert_allclose(first["sequence_output"][:, 0].numpy(),
+                               full["sequence_output"][:, 0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(first["pooled_output"].numpy(), full["pooled_output"].numpy(),
+                               atol=1e-6)
+    for pooling, sliced in (("pooled", True), ("cls", True), ("mean", False)):
+        model = build_classifier(NativeEncoder(encoder4), 3, dropout=0.0, pooling=pooling)
+        node_kwargs = model.get_layer("encoder").inbound_nodes[-1].call_kwargs
+        assert ("output_range" in node_kwargs) == sliced, pooling
+        if not sliced:
+            continue
+        assert model(_inputs(), training=True).shape == (2, 3)  # dropout: values differ
+        with tf.GradientTape(persistent=True) as tape:
+            logits = model(_inputs(), training=False)
+            pooled = model.get_layer("encoder")(_inputs(), training=False)
+            features = (pooled["pooled_output"] if pooling == "pooled"
+                        else pooled["sequence_output"][:, 0])
+            reference = model.get_layer("logits")(features)
+        np.testing.assert_allclose(logits.numpy(), reference.numpy(), atol=1e-5)
+        variables = model.get_layer("encoder").trainable_weights
+        got = tape.gradient(tf.reduce_sum(logits ** 2), variables)
+        want = tape.gradient(tf.reduce_sum(reference ** 2), variables)
+        for variable, g, w in zip(variables, got, want):
+            if w is None:
+                assert g is None, variable.name
+                continue
+            np.testing.assert_allclose(tf.convert_to_tensor(g).numpy(),
+                                       tf.convert_to_tensor(w).numpy(), atol=1e-5,
+                                       err_msg=variable.name)
+
+
 def test_mixed_bfloat16_reaches_the_native_encoder(encoder4):
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_bfloat16")

@@ -241,7 +241,10 @@ def _build(encoder, units: int, name: str, head_units, dropout, pooling) -> Fine
     if pooling != "pooled":
         leave_pooler_untrained(encoder)
     inputs = encoder_inputs()
-    outputs = encoder(inputs)
+    if pooling in ("pooled", "cls") and getattr(encoder, "supports_output_range", False):
+        outputs = encoder(inputs, output_range=1)  # the head reads [CLS] alone
+    else:
+        outputs = encoder(inputs)
     x = heads.pool(outputs, inputs["input_mask"], pooling)
     x = heads.dense_blocks(x, tuple(head_units), dropout)
     logits = heads.logits_layer(units)(x)
