@@ -11,6 +11,10 @@ import os
 # half in an A/B (docs/measurements.md, "Serving"). TensorFlow reads this when it first
 # runs, so it is set before any module here imports TensorFlow; a user's own value is kept.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+# The Keras that `_keras` chooses (tf_keras), set here too so that whichever module of the
+# toolkit first imports TensorFlow, TensorFlow loads tf_keras, not Keras 3 and its
+# scikit-learn import (about 2 s of every start). A user's own value is kept.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 __version__ = "0.1.0"
 
