@@ -366,7 +366,8 @@ def inference_block(block, x, adder, output_range=None):
     with fused bias and activation. Equal to `block([x, mask], training=False)` within
     float rounding (tests/test_native_encoder.py) and about 10% faster on CPU, where the
     einsums' separate bias adds and GELU cost as much as a matmul. `output_range=k`: the
-    output for the first k tokens only."""
+    output for the first k tokens only. It reads the block's sublayers by tf-models-official
+    2.20's attribute names (the version setup.cfg pins)."""
     attention = block._attention_layer
     heads, size = attention._num_heads, attention._key_dim
     x = tf.cast(x, block.compute_dtype)  # under mixed precision, layer norms stay float32
