@@ -114,6 +114,7 @@ class NativeEncoder(LayerGroups, keras.layers.Layer):
             return self.bert(inputs, training=True)
         return self._forward(inputs, active, output_range)
 
+    @tf.autograph.experimental.do_not_convert  # plain Python loops: nothing to convert
     def _forward(self, inputs, active, output_range=None):
         """BertEncoder's forward pass, its own layers in its own order, with each frozen
         group in inference mode: a frozen layer is a fixed feature extractor, so it draws
@@ -360,6 +361,9 @@ def _dense(x, layer, units: int):
     return tf.nn.bias_add(tf.matmul(x, kernel), tf.reshape(tf.cast(layer.bias, x.dtype), [units]))
 
 
+# no Python control flow on tensors: autograph (which Keras applies to every layer's call)
+# would only spend a second converting it when the model is first built
+@tf.autograph.experimental.do_not_convert
 def inference_block(block, x, adder, output_range=None):
     """tf-models' TransformerEncoderBlock (post-norm, as `_bert_encoder` builds it) in
     inference mode: its own variables and layer norms, the projections as 2-D matmuls
