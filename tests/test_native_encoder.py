@@ -67,6 +67,29 @@ def test_frozen_groups_run_in_inference_mode_while_training(encoder4):
         assert not np.allclose(a.numpy(), b.numpy())
 
 
+def test_a_training_call_is_the_tf_models_graph_with_dropout_off(encoder4):
+    """Every group trainable: the training call (`_forward`, not BertEncoder's functional
+    graph) gives BertEncoder's outputs and gradients once dropout is off."""
+    encoder = NativeEncoder(encoder4)
+    dropouts = [m for m in encoder.bert.submodules if isinstance(m, keras.layers.Dropout)]
+    assert len(dropouts) > 4
+    for layer in dropouts:
+        layer.rate = 0.0
+    with tf.GradientTape(persistent=True) as tape:
+        got, want = encoder(_inputs(), training=True), encoder.bert(_inputs(), training=True)
+        losses = [tf.reduce_sum(out["sequence_output"] ** 2)
+                  + tf.reduce_sum(out["pooled_output"] ** 2) for out in (got, want)]
+    for key in ("sequence_output", "pooled_output"):
+        np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), atol=1e-5)
+    variables = encoder.trainable_weights
+    assert len(variables) == len(encoder.bert.weights)
+    for variable, g, w in zip(variables, tape.gradient(losses[0], variables),
+                              tape.gradient(losses[1], variables)):
+        np.testing.assert_allclose(tf.convert_to_tensor(g).numpy(),
+                                   tf.convert_to_tensor(w).numpy(), atol=1e-4,
+                                   err_msg=variable.name)
+
+
 def test_output_range_computes_the_first_token_alone_with_the_same_values(encoder4):
     """`output_range=1`: the last layer's output for [CLS] only, equal to the full pass's
     first token; `pooled_output`, and so a classifier's logits and gradients, unchanged.

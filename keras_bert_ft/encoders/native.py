@@ -110,8 +110,6 @@ class NativeEncoder(LayerGroups, keras.layers.Layer):
             active = every
         else:
             active = set(self.trainable_groups) if self.trainable else set()
-        if output_range is None and active >= every:
-            return self.bert(inputs, training=True)
         return self._forward(inputs, active, output_range)
 
     @tf.autograph.experimental.do_not_convert  # plain Python loops: nothing to convert
@@ -122,7 +120,10 @@ class NativeEncoder(LayerGroups, keras.layers.Layer):
         This saves the frozen layers' dropout work, and the trained layers see the
         features they will see when serving. A layer in inference mode runs as
         `inference_block` (the same math in fused ops). `output_range` reaches the last
-        layer, which computes its queries for that many tokens only."""
+        layer, which computes its queries for that many tokens only. Every call comes
+        here, not through `self.bert`'s functional graph: that one is autograph-converted
+        layer by layer as a training step is traced (two seconds before the first step),
+        while this function and the blocks it calls run unconverted."""
         by_name = {layer.name: layer for layer in self.bert.layers}
         by_type = {type(layer).__name__: layer for layer in self.bert.layers}
         word = by_name["word_embeddings"](inputs["input_word_ids"])
@@ -409,8 +410,13 @@ def tanh_gelu(x):
     return keras.activations.gelu(x, approximate=True)
 
 
+@tf.autograph.experimental.do_not_convert
 def _bert_encoder(dims, activation):
-    """tf-models' BertEncoder; its layers take the current Keras mixed-precision policy."""
+    """tf-models' BertEncoder; its layers take the current Keras mixed-precision policy.
+    Built with autograph off: Keras would otherwise convert every block's `call` to graph
+    code as it wires the functional model (two seconds of each build), and the blocks need
+    no conversion (`_forward` calls them unconverted; a traced `self.bert` call converts
+    them then, if ever)."""
     from official.nlp.modeling import networks
 
     inner = {"exact_gelu": exact_gelu, "tanh_gelu": tanh_gelu,
