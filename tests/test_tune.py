@@ -266,3 +266,135 @@ def test_random_search_samples_distinct_points_with_the_seed(sentiment_files, tm
     with open(tmp_path / "a" / "tune_results.json") as f:
         rows = json.load(f)["trials"]
     assert [r["status"] for r in rows] == ["diverged"] * 4 and not any(r["best"] for r in rows)
+
+
+@pytest.fixture(scope="module")
+def refitted(tmp_path_factory, encoder2, vocab_file, sentiment_files, test_file):
+    """`kbft tune --refit` over two points, every fine_tune call and evaluate call
+    recorded: the trials, then the refit on training + validation data."""
+    train, dev = sentiment_files
+    out = str(tmp_path_factory.mktemp("tune_refit") / "search")
+    task = get_task("classification")
+    calls, evaluated = [], []
+    fine_tune, evaluate = runner.fine_tune, task.evaluate
+
+    def recording_fine_tune(train, validation, config, **kwargs):
+        calls.append({"train": train, "validation": validation, "config": config,
+                      "kwargs": kwargs, "result": fine_tune(train, validation, config, **kwargs)})
+        return calls[-1]["result"]
+
+    def recording_evaluate(serving, data, config, info):
+        evaluated.append((serving, len(data)))
+        return evaluate(serving, data, config, info)
+
+    argv = ["tune", "--train", train, "--validation", dev, "--test", test_file,
+            "--output", out, "--grid", "learning_rate=5e-3,1e-5", "--refit",
+            "--monitor", "eval_loss", *flags(encoder2, vocab_file)]
+    argv[argv.index("--epochs", argv.index("--monitor")) + 1] = "2"
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setattr(runner, "fine_tune", recording_fine_tune)
+        patch.setattr(task, "evaluate", recording_evaluate)
+        assert cli.main(argv) == 0
+    return {"out": out, "calls": calls, "evaluated": evaluated,
+            "printed": printed.getvalue()}
+
+
+def test_refit_trains_the_best_point_on_training_and_validation_data(refitted):
+    out, calls = refitted["out"], refitted["calls"]
+    assert len(calls) == 3  # two trials, then the refit
+    summary = read_json(out, "tune_summary.json")
+    best = calls[summary["best_trial"] - 1]
+    refit = calls[-1]
+    assert refit["validation"] is None and refit["config"].validation_split == 0
+    assert refit["config"].learning_rate == summary["best_point"]["learning_rate"]
+    assert refit["config"].monitor is None and refit["config"].output_dir == \
+        os.path.join(out, "refit")
+    # 24 training examples (--max-train-examples) + the 16 validation ones
+    assert best["result"].metrics["train_examples"] == 24
+    assert refit["result"].metrics["train_examples"] == 40
+    assert summary["refit"]["train_examples"] == 40
+    # the epochs the best trial kept (its best epoch by eval_loss)
+    kept = best["result"].metrics["best_epoch"]
+    assert summary["refit"]["epochs_trained"] == kept == \
+        len(refit["result"].history["loss"])
+    assert os.path.isfile(os.path.join(out, "refit", "export", "saved_model.pb"))
+    assert os.path.isfile(os.path.join(out, "best", "export", "saved_model.pb"))
+    assert f"refit: trial {summary['best_trial']}'s settings on training + validation " \
+        "data (40 examples" in refitted["printed"]
+
+
+def test_refit_is_the_one_model_scored_on_test(refitted):
+    out, evaluated = refitted["out"], refitted["evaluated"]
+    summary = read_json(out, "tune_summary.json")
+    test_calls = [serving for serving, n in evaluated if n == 12]
+    assert test_calls == [refitted["calls"][-1]["result"].serving]
+    assert summary["test_scored_on"] == "refit"
+    assert summary["test_metrics"] == read_json(out, "refit", "metrics.json")["test"]
+    assert "test" not in read_json(out, "best", "metrics.json")
+    assert "test (scored once, the refit model only): eval_loss" in refitted["printed"]
+
+
+def test_refit_with_validation_split_trains_on_every_training_example(
+        sentiment_files, tmp_path, encoder2, vocab_file):
+    train, _ = sentiment_files
+    result = tune_lib.tune(train, None, grid={"learning_rate": [5e-3]}, refit=True,
+                           validation_split=0.25, output_dir=str(tmp_path / "s"),
+                           encoder=encoder2, preprocessor=vocab_file, epochs=1,
+                           batch_size=8, seq_length=16, trainable_layers="none",
+                           max_train_examples=24, verbose=0)
+    assert result.best.metrics["train_examples"] == 18
+    assert result.best.metrics["validation_split_examples"] == 6
+    assert result.refit.metrics["train_examples"] == 24
+    assert "validation_split_examples" not in result.refit.metrics
+    assert result.test_metrics is None and result.paths["refit_export"].endswith(
+        os.path.join("refit", "export"))
+
+
+def test_refit_is_refused_for_multilabel_before_training(sentiment_files, tmp_path, capsys,
+                                                         monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before the refusal")
+
+    monkeypatch.setattr(runner, "fine_tune", no_training)
+    train, dev = sentiment_files
+    code = cli.main(["tune", "--task", "multilabel", "--train", train, "--validation", dev,
+                     "--output", str(tmp_path / "s"), "--refit", "--grid",
+                     "learning_rate=1e-5,2e-5"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--refit must be False for task 'multilabel'" in err and "thresholds" in err
+    assert not os.path.exists(tmp_path / "s")
+
+
+def test_refit_epochs_are_the_kept_ones_and_training_stops_there():
+    import numpy as np
+    from keras_bert_ft._keras import keras
+    from keras_bert_ft.config import make_config
+    config = make_config(epochs=3)
+    assert tune_lib.refit_epochs({"metrics": {"best_epoch": 2}}, config) == 2
+    assert tune_lib.refit_epochs({"metrics": {"accuracy": 0.5}}, config) == 3
+    model = keras.Sequential([keras.layers.Dense(1, input_shape=(2,))])
+    model.compile(loss="mse", optimizer="sgd")
+    history = model.fit(np.ones((4, 2)), np.ones(4), epochs=3, verbose=0,
+                        callbacks=[tune_lib.StopAfterEpochs(2)])
+    assert len(history.history["loss"]) == 2
+
+
+def test_concat_joins_each_tasks_data_in_order():
+    import numpy as np
+    from keras_bert_ft.data.examples import Examples
+    from keras_bert_ft.tasks.base import concat
+    from keras_bert_ft.tasks.pretrain import Texts
+    from keras_bert_ft.tasks.tagging import TaggedSentences
+    a = Examples(["a", "b"], np.array([0, 1]), ["neg", "pos"], ["x", "y"], "train.tsv")
+    b = Examples(["c"], np.array([1]), ["neg", "pos"], ["z"], "dev.tsv")
+    joined = concat(a, b)
+    assert joined.texts == ["a", "b", "c"] and joined.texts_pair == ["x", "y", "z"]
+    assert joined.labels.tolist() == [0, 1, 1] and joined.source == "train.tsv + dev.tsv"
+    with pytest.raises(KbftError, match="cannot join"):
+        concat(a, Examples(["c"], np.array([1]), ["neg", "pos"]))  # single texts
+    tagged = concat(TaggedSentences([["a"]], [["O"]]), TaggedSentences([["b", "c"]], [["B", "O"]]))
+    assert tagged.words == [["a"], ["b", "c"]] and tagged.tags == [["O"], ["B", "O"]]
+    assert concat(Texts(["a"]), Texts(["b"])).texts == ["a", "b"]
+    assert concat([1, 2], [3]) == [1, 2, 3]  # qa and summarization: lists of examples

@@ -174,7 +174,8 @@ def cmd_tune(args, config_from_args) -> int:
                                "the best run")
         result = tune(args.train, args.validation, grid=parse_grid(args.grid),
                       test=args.test, output_dir=output, objective=args.objective,
-                      search=args.search, max_trials=args.max_trials, **settings)
+                      search=args.search, max_trials=args.max_trials, refit=args.refit,
+                      **settings)
     except TuneError as err:
         raise KbftError(err.render(flag_of)) from None
     print(format_table(result))
@@ -285,8 +286,8 @@ def add_commands(sub, add_config_flags, add_column_flags, config_from_args) -> N
         "--grid epochs=2,3,4 (9 trials), less a field fixed by its own flag. Choices use "
         "validation data only (--validation, else --validation-split); --test is scored "
         "once, with the best trial. Writes OUTPUT/tune_results.tsv, tune_results.json, "
-        "tune_results.png, tune_summary.json and best/ (a run folder with the export). "
-        "Rerun with the same flags, a search resumes where it stopped.")
+        "tune_results.png, tune_summary.json and best/ (a run folder with the export); "
+        "with --refit also refit/. Rerun with the same flags, a search resumes where it stopped.")
     tune.add_argument("--train", required=True, help="training data (as for kbft train)")
     tune.add_argument("--validation", help="validation data the trials are compared on")
     tune.add_argument("--test", help="labelled test data, scored once with the best trial")
@@ -300,6 +301,11 @@ def add_commands(sub, add_config_flags, add_column_flags, config_from_args) -> N
                       "--max-trials points sampled, seeded by --seed")
     tune.add_argument("--max-trials", type=_positive_int, default=None,
                       help="at most N trials (required with --search random)")
+    tune.add_argument("--refit", action="store_true",
+                      help="after the search, train the best trial's settings once more on "
+                      "the training and validation data together, for the epochs it kept, "
+                      "into OUTPUT/refit (with its export); --test is then scored once, "
+                      "with the refit model")
     tune.add_argument("--objective", default=None,
                       help="validation metric the trials are compared by (default: "
                       "--monitor, else the task's main one: accuracy, f1_micro, pearson, "

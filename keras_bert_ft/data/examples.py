@@ -61,6 +61,19 @@ class Examples:
             texts_pair=None if self.texts_pair is None else [self.texts_pair[i] for i in indices],
             labels=None if self.labels is None else self.labels[np.asarray(indices, int)])
 
+    def concat(self, other: "Examples") -> "Examples":
+        """These examples, then `other`'s (read with the same label names: validation
+        data is read against the training data's)."""
+        if other.is_pair != self.is_pair or list(other.label_names) != list(self.label_names) \
+                or (other.labels is None) != (self.labels is None):
+            raise KbftError(f"{other.source} cannot join {self.source}: both need the same "
+                            "label names and both pairs or both single texts")
+        return dataclasses.replace(
+            self, texts=self.texts + other.texts,
+            texts_pair=None if self.texts_pair is None else self.texts_pair + other.texts_pair,
+            labels=None if self.labels is None else np.concatenate([self.labels, other.labels]),
+            source=f"{self.source} + {other.source}")
+
 
 def read_table(source, *, format: Optional[str] = None, encoding: str = "utf-8-sig",
                where: str = "data",

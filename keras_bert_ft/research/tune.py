@@ -35,6 +35,7 @@ SEARCHES = ("grid", "random")
 BEST = "best"
 RESULTS_JSON, RESULTS_TSV, PLOT, SUMMARY = (
     "tune_results.json", "tune_results.tsv", "tune_results.png", "tune_summary.json")
+REFIT = "refit"  # OUTPUT/refit: the chosen point trained on training + validation data
 TRIAL_FILE = "tune_trial.json"  # in OUTPUT/best: which trial its weights are
 CHECKPOINT = os.path.join("checkpoints", "ckpt-best")
 
@@ -66,8 +67,9 @@ class TuneError(KbftError):
 @dataclasses.dataclass
 class TuneResult:
     """The trials (a row each: `trial`, `point`, `status`, `objective`, `metrics`,
-    `train_seconds`, `best`), the best trial's run (a `FineTuneResult`), and the test
-    metrics of the best trial when test data was given (else None)."""
+    `train_seconds`, `best`), the best trial's run (a `FineTuneResult`), the refit run
+    (with `refit`, else None), and the test metrics of the model test data was scored
+    on (the refit's, else the best trial's; None without test data)."""
     objective: str
     direction: str  # "max" or "min"
     grid: Dict[str, list]
@@ -77,6 +79,7 @@ class TuneResult:
     test_metrics: Optional[dict]
     output_dir: str
     paths: Dict[str, str]
+    refit: object = None
 
     @property
     def best_point(self) -> dict:
@@ -94,7 +97,7 @@ class TuneResult:
 def tune(train, validation=None, config: Optional[FineTuneConfig] = None, *,
          grid: Optional[Dict[str, Sequence]] = None, test=None,
          output_dir: Optional[str] = None, objective: Optional[str] = None,
-         search: str = "grid", max_trials: Optional[int] = None,
+         search: str = "grid", max_trials: Optional[int] = None, refit: bool = False,
          **overrides) -> TuneResult:
     """Fine-tunes once per grid point and keeps the trial with the best validation metric.
 
@@ -106,15 +109,21 @@ def tune(train, validation=None, config: Optional[FineTuneConfig] = None, *,
         grid: field name -> the values to try, e.g. `{"learning_rate": [2e-5, 3e-5]}`;
             default: the BERT paper's learning_rate 2e-5, 3e-5, 5e-5 x epochs 2, 3, 4,
             less any field fixed in `overrides`.
-        test: labelled data scored once, with the best trial's model, after the search.
-        output_dir: the search folder: tune_results.{tsv,json,png}, tune_summary.json and
-            best/ (a run folder with the best trial's export). Rerun with the same
-            settings, a search resumes: finished trials are not trained again.
+        test: labelled data scored once, after the search, with the best trial's model
+            (with `refit`: the refit's).
+        output_dir: the search folder: tune_results.{tsv,json,png}, tune_summary.json,
+            best/ (a run folder with the best trial's export) and with `refit`, refit/.
+            Rerun with the same settings, a search resumes: finished trials are not
+            trained again.
         objective: the validation metric compared (default: `monitor`, else the task's
             main metric); higher is better except for losses and mse.
         search: "grid" (every point, in order, the first field varying slowest) or
             "random" (`max_trials` points sampled without repetition, seeded by `seed`).
         max_trials: at most this many trials (required with "random").
+        refit: after the search, train the best trial's settings once more on the
+            training and validation data together (no example held out), for the epochs
+            the best trial kept, into OUTPUT/refit (a run folder with its export). Every
+            choice is still made on validation; the refit only sees more examples.
 
     Example:
         >>> res = tune("train.tsv", "dev.tsv", grid={"learning_rate": [2e-5, 5e-5],
@@ -149,6 +158,7 @@ def tune(train, validation=None, config: Optional[FineTuneConfig] = None, *,
     check_validation(base, validation)
     grid = check_grid(grid, base, set(overrides), split=validation is None)
     task = get_task(base.task)
+    check_refit(refit, base)
     objective, direction = _objective(objective, base, task, LOWER_IS_BETTER)
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     configs = [_trial_config(base, point) for point in points]  # every point, before training
@@ -182,8 +192,12 @@ def tune(train, validation=None, config: Optional[FineTuneConfig] = None, *,
     if best is None:  # the best trial finished in an earlier run of this search
         from keras_bert_ft.export.restore import restore_run
         best = restore_run(best_dir, os.path.join(best_dir, CHECKPOINT), name="output_dir")
-    test_metrics = None
-    if test is not None:
+    test_metrics = refitted = None
+    if refit:
+        refitted = refit_run(task, train, validation, best.config, best_row, test,
+                             os.path.join(output_dir, REFIT))
+        test_metrics = None if test is None else _plain(refitted.metrics["test"])
+    elif test is not None:
         data = task.read(test, best.config, best.info, where="test")
         test_metrics, _ = task.evaluate(best.serving, data, best.config, best.info)
         test_metrics = _plain(test_metrics)
@@ -196,10 +210,69 @@ def tune(train, validation=None, config: Optional[FineTuneConfig] = None, *,
     result = TuneResult(objective=objective, direction=direction, grid=_plain(grid),
                         trials=searcher.ordered_rows(), best_trial=best_row["trial"],
                         best=best, test_metrics=test_metrics, output_dir=output_dir,
-                        paths={})
+                        paths={}, refit=refitted)
     result.paths = write_results(result, search_key, validation is None and base.validation_split)
     result.paths["best"] = best_dir
     result.paths["export"] = exported
+    if refitted is not None:
+        result.paths["refit"] = os.path.join(output_dir, REFIT)
+        result.paths["refit_export"] = os.path.join(output_dir, REFIT, "export")
+    return result
+
+
+def check_refit(refit, base: FineTuneConfig) -> None:
+    """`refit` is a bool, and the task keeps nothing else tuned on validation."""
+    if not isinstance(refit, bool):
+        raise bad_argument("refit", refit, "True or False")
+    if refit and base.task == "multilabel":
+        raise bad_argument("refit", refit, "False for task 'multilabel': its per-label "
+                           "thresholds are tuned on the validation data, which a refit "
+                           "would train on")
+
+
+def refit_epochs(row: dict, config: FineTuneConfig) -> int:
+    """The epochs a refit trains: those the best trial kept (its best epoch, when an
+    epoch was picked on validation), else all of its epochs."""
+    best_epoch = row["metrics"].get("best_epoch")
+    return int(best_epoch) if isinstance(best_epoch, int) and best_epoch > 0 else config.epochs
+
+
+class StopAfterEpochs:
+    """A tf_keras callback that ends training after `epochs` epochs, so a refit follows
+    the best trial's learning-rate schedule (planned for all of its epochs) up to the
+    epoch it kept."""
+
+    def __new__(cls, epochs: int):
+        from keras_bert_ft._keras import keras
+
+        class _Stop(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if epoch + 1 >= epochs:
+                    self.model.stop_training = True
+
+        return _Stop()
+
+
+def refit_run(task, train, validation, config: FineTuneConfig, row: dict, test,
+              output_dir: str):
+    """The best trial's settings trained on its training and validation examples
+    together (as the trials read them, before any augmentation such as swap_pairs, which
+    the run then applies to all), into `output_dir`; `test`, if given, scored there once."""
+    from keras_bert_ft.tasks.base import concat, read_data
+    from keras_bert_ft.training.runner import fine_tune
+    train_data, _, held = read_data(task, train, validation, config, augment=False)
+    data = train_data if held is None else concat(train_data, held)
+    epochs = refit_epochs(row, config)
+    refit_config = dataclasses.replace(
+        config, validation_split=0.0, max_train_examples=None, max_eval_examples=None,
+        monitor=None, patience=0, output_dir=output_dir)
+    if config.verbose:
+        print(f"refit: trial {row['trial']}'s settings on {len(data)} training + validation "
+              f"examples, {epochs} of {config.epochs} epochs -> {output_dir}", flush=True)
+    stop = [StopAfterEpochs(epochs)] if epochs < config.epochs else []
+    result = fine_tune(data, None, refit_config, test=test, callbacks=stop)
+    result.metrics.setdefault("epochs_trained", len(result.history.get("loss", [])))
+    result.save(output_dir)
     return result
 
 
@@ -430,7 +503,14 @@ def write_results(result: TuneResult, search_key: dict, split) -> dict:
         "diverged": sum(r["status"] == "diverged" for r in result.trials),
         "best_trial": result.best_trial, "best_point": best["point"],
         "best_objective": best["objective"], "validation_metrics": best["metrics"],
-        "test_metrics": result.test_metrics, "best_run": os.path.join(out, BEST)})
+        "test_metrics": result.test_metrics,
+        "test_scored_on": None if result.test_metrics is None else (
+            REFIT if result.refit is not None else "best trial"),
+        "refit": None if result.refit is None else {
+            "run": os.path.join(out, REFIT),
+            "train_examples": result.refit.metrics.get("train_examples"),
+            "epochs_trained": result.refit.metrics.get("epochs_trained")},
+        "best_run": os.path.join(out, BEST)})
     return paths
 
 
@@ -475,10 +555,16 @@ def format_table(result: TuneResult) -> str:
     better = "higher" if result.direction == "max" else "lower"
     lines.append(f"best: trial {result.best_trial} ({_point_text(best['point'])}): "
                  f"validation {result.objective} {best['objective']:.4f} ({better} is better)")
+    if result.refit is not None:
+        m = result.refit.metrics
+        lines.append(f"refit: trial {result.best_trial}'s settings on training + validation "
+                     f"data ({m.get('train_examples')} examples, {m.get('epochs_trained')} "
+                     "epochs)")
     if result.test_metrics is not None:
         value = result.test_metrics.get(result.objective)
         shown = f"{value:.4f}" if _is_number(value) else "n/a"
-        lines.append(f"test (scored once, best trial only): {result.objective} {shown}")
+        which = "the refit model only" if result.refit is not None else "best trial only"
+        lines.append(f"test (scored once, {which}): {result.objective} {shown}")
     return "\n".join(lines)
 
 

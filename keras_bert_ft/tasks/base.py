@@ -142,6 +142,13 @@ def subset(data, indices: Sequence[int]):
     return [data[i] for i in indices]
 
 
+def concat(data, other):
+    """A task's data followed by `other`'s (the same type), e.g. training + validation."""
+    if hasattr(data, "concat"):
+        return data.concat(other)
+    return list(data) + list(other)
+
+
 def split_validation(task: Task, data, fraction: float, seed: int):
     """(training part, validation part) of `data`: `fraction` of the examples held out,
     seeded, stratified by `task.split_strata` and keeping `task.split_groups` whole."""
@@ -177,16 +184,18 @@ def split_validation(task: Task, data, fraction: float, seed: int):
     return subset(data, kept), subset(data, held_rows)
 
 
-def read_data(task: Task, train, validation, config):
+def read_data(task: Task, train, validation, config, augment: bool = True):
     """(training examples, their `info`, validation examples or None): read, cut to
     `max_train_examples` / `max_eval_examples`; without `validation`, `validation_split`
-    holds out part of the training data; the training part is then augmented."""
+    holds out part of the training data; the training part is then augmented (unless
+    `augment` is False: the examples as read, e.g. for a refit that adds validation)."""
     train_data = take(task.read(train, config), config.max_train_examples)
     val_data = None
     if validation is None and config.validation_split:
         train_data, val_data = split_validation(task, train_data, config.validation_split,
                                                 config.seed)
-    train_data = task.augment(train_data, config)
+    if augment:
+        train_data = task.augment(train_data, config)
     info = task.describe(train_data, config)
     if validation is not None:
         val_data = task.read(validation, config, info)

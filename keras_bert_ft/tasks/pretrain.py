@@ -64,6 +64,10 @@ class Texts:
     def subset(self, indices: Sequence[int]) -> "Texts":
         return dataclasses.replace(self, texts=[self.texts[i] for i in indices])
 
+    def concat(self, other: "Texts") -> "Texts":
+        return dataclasses.replace(self, texts=self.texts + other.texts,
+                                   source=f"{self.source} + {other.source}")
+
 
 def load_texts(source, encoding: str = "utf-8", where: str = "train") -> Texts:
     """`Texts` from a text file, a list of text files (one text per line, blank lines

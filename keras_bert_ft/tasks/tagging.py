@@ -44,6 +44,16 @@ class TaggedSentences:
             self, words=[self.words[i] for i in indices],
             tags=None if self.tags is None else [self.tags[i] for i in indices])
 
+    def concat(self, other: "TaggedSentences") -> "TaggedSentences":
+        """These sentences, then `other`'s (both tagged, or neither)."""
+        if (other.tags is None) != (self.tags is None):
+            raise KbftError(f"{other.source} cannot join {self.source}: both need tags, "
+                            "or neither")
+        return dataclasses.replace(
+            self, words=self.words + other.words,
+            tags=None if self.tags is None else self.tags + other.tags,
+            source=f"{self.source} + {other.source}")
+
 
 def read_conll(path: str, encoding: str = "utf-8", where: str = "data") -> TaggedSentences:
     """CoNLL-style columns: one word per line, the word first and its tag last, a blank
