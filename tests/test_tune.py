@@ -297,7 +297,7 @@ def refitted(tmp_path_factory, encoder2, vocab_file, sentiment_files, test_file)
         patch.setattr(task, "evaluate", recording_evaluate)
         assert cli.main(argv) == 0
     return {"out": out, "calls": calls, "evaluated": evaluated,
-            "printed": printed.getvalue()}
+            "printed": printed.getvalue(), "argv": argv}
 
 
 def test_refit_trains_the_best_point_on_training_and_validation_data(refitted):
@@ -398,3 +398,25 @@ def test_concat_joins_each_tasks_data_in_order():
     assert tagged.words == [["a"], ["b", "c"]] and tagged.tags == [["O"], ["B", "O"]]
     assert concat(Texts(["a"]), Texts(["b"])).texts == ["a", "b"]
     assert concat([1, 2], [3]) == [1, 2, 3]  # qa and summarization: lists of examples
+
+
+def test_refit_added_to_a_finished_search_trains_the_refit_only(refitted, tmp_path,
+                                                                monkeypatch):
+    copy = str(tmp_path / "copy")
+    shutil.copytree(refitted["out"], copy)
+    shutil.rmtree(os.path.join(copy, "refit"))
+    calls = []
+    fine_tune = runner.fine_tune
+
+    def counting(train, validation, config, **kwargs):
+        calls.append((validation, config.output_dir))
+        return fine_tune(train, validation, config, **kwargs)
+
+    monkeypatch.setattr(runner, "fine_tune", counting)
+    argv = list(refitted["argv"])
+    argv[argv.index("--output") + 1] = copy
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(argv) == 0
+    assert calls == [(None, os.path.join(copy, "refit"))]
+    assert read_json(copy, "refit", "metrics.json")["train_examples"] == 40
+    assert os.path.isfile(os.path.join(copy, "refit", "export", "saved_model.pb"))
