@@ -8,7 +8,12 @@ command runs twice in a row; the second run (warm page cache) is the one compare
 first is reported beside it. Hugging Face runs in .bench-venvs/hf
 (bash benchmarks/setup_anchors.sh); without it the anchor is reported as skipped.
 
-    .venv/bin/python benchmarks/bench_command.py [--examples 4000] [--json PATH]
+Then the precision check: the same kbft job with seeds 0..N-1 (`--seeds`, default 3) at
+the default precision (`--mixed-precision auto`: bfloat16 on CPUs with bfloat16 units)
+and at float32; the mean test.tsv accuracy of each and their difference. Where `auto`
+is float32 the second set is the first again and is not run.
+
+    .venv/bin/python benchmarks/bench_command.py [--examples 4000] [--seeds 3] [--json PATH]
 """
 
 import argparse
@@ -37,19 +42,24 @@ def timed(argv, env=None):
     return seconds, proc
 
 
-def kbft_run(args, rate, out):
+def kbft_run(args, rate, out, seed=0, precision=None):
     argv = [os.path.join(ROOT, ".venv", "bin", "kbft"), "train",
             "--train", os.path.join(args.data, "train.tsv"),
             "--max-train-examples", str(args.examples),
             "--validation", os.path.join(args.data, "test.tsv"),
             "--epochs", "1", "--batch-size", "32", "--learning-rate", str(rate),
-            "--seed", "0", "--output", out, "--verbose", "0"]
+            "--seed", str(seed), "--output", out, "--verbose", "0"]
+    if precision:
+        argv += ["--mixed-precision", precision]
     seconds, _ = timed(argv)
     with open(os.path.join(out, "metrics.json")) as f:
         metrics = json.load(f)
     with open(os.path.join(out, "timings.json")) as f:
         timings = json.load(f)
+    with open(os.path.join(out, "run_config.json")) as f:
+        resolved = json.load(f).get("mixed_precision")
     return {"seconds": round(seconds, 1), "accuracy": round(metrics["accuracy"], 4),
+            "precision": resolved,
             "train_examples_per_second": metrics["train_examples_per_second"],
             "first_step_after_s": timings["since_process_start"]["first_step_done"],
             "phases": timings["phases"]}
@@ -73,6 +83,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "sst2"))
     parser.add_argument("--examples", type=int, default=4000)
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="seeds of the precision check (0: no check)")
     parser.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results",
                                                        "command.json"))
     args = parser.parse_args(argv)
@@ -89,6 +101,27 @@ def main(argv=None) -> int:
                   for i in range(2)]
         else:
             hf = None
+        from keras_bert_ft.training.precision import auto_precision
+        policy, reason = auto_precision()
+        check = None
+        if args.seeds:
+            default = [kbft[1]] + [kbft_run(args, rate, os.path.join(scratch, f"d{s}"), s)
+                                   for s in range(1, args.seeds)]
+            fp32 = default if policy == "float32" else [
+                kbft_run(args, rate, os.path.join(scratch, f"f{s}"), s, "float32")
+                for s in range(args.seeds)]
+            mean = lambda runs: round(sum(r["accuracy"] for r in runs) / len(runs), 4)
+            check = {"default_precision": policy, "why": reason,
+                     "seeds": list(range(args.seeds)),
+                     "default_accuracy": [r["accuracy"] for r in default],
+                     "default_examples_per_second": [r["train_examples_per_second"]
+                                                     for r in default],
+                     "float32_accuracy": [r["accuracy"] for r in fp32],
+                     "float32_examples_per_second": [r["train_examples_per_second"]
+                                                     for r in fp32],
+                     "default_mean_accuracy": mean(default),
+                     "float32_mean_accuracy": mean(fp32),
+                     "difference_points": round(100 * (mean(default) - mean(fp32)), 2)}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     figures = {
@@ -106,6 +139,8 @@ def main(argv=None) -> int:
     else:
         figures["hf_transformers_torch"] = {
             "skipped": "no .bench-venvs/hf (run: bash benchmarks/setup_anchors.sh)"}
+    if check:
+        figures["precision_check"] = check
     write_figures(figures, args.json)
     return 0
 

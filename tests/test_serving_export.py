@@ -84,6 +84,19 @@ def test_every_task_export_passes_the_op_audit(runs):
         assert set(meta["signatures"]) == {"serving_default", "serve_examples", "embed"}, name
 
 
+def test_exports_hold_the_models_weights_and_not_the_optimizer_state(runs):
+    """Every task's export stores each model weight once and no optimizer slot (Adam's
+    moments would triple its size); the run's checkpoints, for resuming, keep them."""
+    for name, (result, path) in runs.items():
+        stored = dict(tf.train.list_variables(os.path.join(path, "variables", "variables")))
+        assert not [k for k in stored if "optimizer" in k], name
+        shapes = sorted(tuple(s) for k, s in stored.items() if k != "_CHECKPOINTABLE_OBJECT_GRAPH")
+        weights = sorted(tuple(w.shape) for w in result.model.weights)
+        assert all(s in shapes for s in weights), name
+        assert len(shapes) < len(weights) + 8, name  # + the tokenizer's tables, no slots
+        assert result.model.optimizer.variables(), name  # the optimizer itself is untouched
+
+
 def test_the_reviewed_op_list_names_its_sources_and_the_trimmer_gap():
     lists = audit.served_ops()
     assert lists["reviewed"] and lists["releases"]

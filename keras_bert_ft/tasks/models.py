@@ -39,6 +39,15 @@ class FineTuneModel(keras.Model):
     accumulation_steps = 1
     log_gradient_norms = False
 
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        """A SavedModel (the export) leaves the optimizer out: its two Adam moments per
+        weight are training state that no signature reads, and would triple the export's
+        size. Checkpoints (per-epoch weights, backups to resume from) keep it."""
+        children = super()._trackable_children(save_type, **kwargs)
+        if save_type == "savedmodel":
+            children.pop("optimizer", None)
+        return children
+
     def make_train_function(self, force=False):
         steps = self.accumulation_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
