@@ -23,7 +23,10 @@ from keras_bert_ft.training.runner import fine_tune  # noqa: E402
 from conftest import SHARED_DATA  # noqa: E402
 from test_serving_export import sentence_rows  # noqa: E402
 
-TINY = dict(epochs=1, batch_size=8, learning_rate=3e-3, seq_length=16, verbose=0)
+# float32 on every machine (auto picks bfloat16 on CPUs with bfloat16 units): the parity
+# below is float32's; the bfloat16 export has its own test
+TINY = dict(epochs=1, batch_size=8, learning_rate=3e-3, seq_length=16, verbose=0,
+            mixed_precision="float32")
 TEXTS = ["the movie was GOOD, and fun!", "it is not very bad", "", "awful plot ? é",
          "good " * 20, "the\x12film\u200bwas great"]
 
@@ -57,6 +60,26 @@ def test_onnx_outputs_equal_the_savedmodel_graph(models, name):
         assert [str(x) for x in got["label"]] == [x.decode() for x in want["label"].numpy()]
     for f in ("model.onnx", "vocab.txt", "tokenizer.json", "kbft_onnx_runner.py", "kbft_onnx.json"):
         assert os.path.isfile(os.path.join(folder, f)), f
+
+
+def test_a_bfloat16_model_is_exported_in_float32(encoder2, tmp_path):
+    """Trained under mixed_bfloat16 (weights in float32), the ONNX model computes in
+    float32: equal to a float32 rebuild of the same weights, near the bfloat16 graph."""
+    import pandas as pd
+    result = fine_tune(pd.DataFrame(sentence_rows("classification")), None,
+                       task="classification", encoder=encoder2,
+                       **dict(TINY, mixed_precision="mixed_bfloat16"))
+    assert result.model.get_layer("encoder").compute_dtype == "bfloat16"
+    folder = onnx_export.export_onnx(result, str(tmp_path / "onnx"))
+    got = OnnxModel(folder).predict(TEXTS, batch_size=4)["probabilities"]
+    rebuilt = onnx_export.float32_result(result)
+    assert rebuilt is not result and rebuilt.model.get_layer("encoder").compute_dtype == \
+        "float32"
+    want = rebuilt.serving.serve_fn(tf.constant(TEXTS))["probabilities"].numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    bf16 = result.serving.serve_fn(tf.constant(TEXTS))["probabilities"].numpy()
+    np.testing.assert_allclose(got, bf16, rtol=0, atol=3e-2)
+    assert onnx_export.float32_result(rebuilt) is rebuilt
 
 
 def test_the_runner_runs_without_tensorflow(models):

@@ -29,6 +29,7 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
 
 def test_auto_is_the_default_and_resolves_on_this_machine(monkeypatch):
     import tensorflow as tf
+    monkeypatch.delenv(precision.CPU_BF16_ENV, raising=False)  # the suite sets it
     assert kbft.FineTuneConfig().mixed_precision == "auto"
     for flags, expected in ((("avx2",), "float32"), (("avx512_bf16",), "mixed_bfloat16")):
         monkeypatch.setattr(precision, "cpu_flags", lambda flags=flags: flags)
@@ -40,6 +41,24 @@ def test_auto_is_the_default_and_resolves_on_this_machine(monkeypatch):
                                      tf.distribute.get_strategy())
     assert mine.mixed_precision == "float32"
     assert precision.resolve_precision(None) == "float32"
+
+
+def test_kbft_cpu_bfloat16_0_keeps_auto_at_float32_on_a_bfloat16_cpu(monkeypatch):
+    import tensorflow as tf
+    monkeypatch.setattr(precision, "cpu_flags", lambda: ("avx512_bf16",))
+    monkeypatch.setattr(precision, "gpu_capabilities", lambda: ())
+    for value, expected in (("0", "float32"), ("off", "float32"), ("1", "mixed_bfloat16")):
+        monkeypatch.setenv(precision.CPU_BF16_ENV, value)
+        config = resolve_hardware_settings(kbft.FineTuneConfig(), tf.distribute.get_strategy())
+        assert config.mixed_precision == expected, value
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "0")
+    policy, why = precision.auto_precision()
+    assert policy == "float32" and "KBFT_CPU_BFLOAT16=0 keeps float32" in why
+    # TPUs and GPUs are not the CPU's choice
+    assert precision.choose_precision(tpu=True, gpus=(), flags=(), cpu_bfloat16=False)[0] \
+        == "mixed_bfloat16"
+    assert precision.choose_precision(tpu=False, gpus=((8, 0),), flags=(),
+                                      cpu_bfloat16=False)[0] == "mixed_bfloat16"
 
 
 def test_doctor_says_which_precision_auto_picks_and_why():

@@ -63,6 +63,7 @@ def export_onnx(result, output_dir: str, opset: int = 17, name: str = "output") 
     check_onnx_task(result.task)
     check_onnx_dir(output_dir, name)
     tf2onnx = _converter()
+    result = float32_result(result)
     serving = result.serving
     pre = serving.preprocessor
     if pre.lower_case is None or not pre.source.endswith(".txt"):
@@ -103,6 +104,22 @@ def export_onnx(result, output_dir: str, opset: int = 17, name: str = "output") 
 
     atomic_write(output_dir, write, name=name)
     return output_dir
+
+
+def float32_result(result):
+    """`result` when its model computes in float32; else the same weights in a float32
+    rebuild of it. A model trained under mixed precision (`mixed_bfloat16`, the default on
+    CPUs with bfloat16 units) keeps float32 weights, and ONNX Runtime's CPU kernels have no
+    bfloat16 matrix products: the ONNX model computes in float32 (its parity check is
+    against this float32 graph)."""
+    if not any(getattr(layer, "compute_dtype", None) in ("bfloat16", "float16")
+               for layer in [result.model, *result.model.submodules]):
+        return result
+    import dataclasses
+    from keras_bert_ft.export.restore import rebuild
+    weights = result.model.get_weights()
+    config = dataclasses.replace(result.config, mixed_precision="float32")
+    return rebuild(config, result.info, lambda model: model.set_weights(weights))
 
 
 def _erfc(ctx, node, name, args):

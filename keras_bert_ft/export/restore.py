@@ -11,6 +11,7 @@ fine-tuned ones.
 
 import json
 import os
+import re
 from typing import Optional
 
 import tensorflow as tf
@@ -78,6 +79,13 @@ def _split(saved: dict):
 
 
 def _rebuild(config, info, weights: str, reader: str, where: str):
+    return rebuild(config, info, lambda model: restore_weights(model, weights, reader=reader,
+                                                               where=where))
+
+
+def rebuild(config, info, load_weights):
+    """A `FineTuneResult` (no training) of the model `config` and `info` describe, its
+    weights put in by `load_weights(model)`."""
     from keras_bert_ft.training.runner import FineTuneResult
     task = get_task(config.task)
     strategy = tf.distribute.get_strategy()
@@ -86,7 +94,7 @@ def _rebuild(config, info, weights: str, reader: str, where: str):
         models = [model] + [build.build_model(task, config, info, strategy)[0]
                             for _ in range(int(info["members"]) - 1)]
         model = task.combine(models)
-    restore_weights(model, weights, reader=reader, where=where)
+    load_weights(model)
     preprocessor = build.build_preprocessor(encoder, config, needs_vocab=task.needs_vocab)
     serving = task.serving(model, preprocessor, config, info)
     return FineTuneResult(model=model, serving=serving, config=config, info=info,
@@ -170,7 +178,8 @@ def restore_weights(model, path: str, *, reader: str = "model", where: str = "")
         status.assert_existing_objects_matched()
         saved = len(_saved_model_variables(path, reader))
     except (AssertionError, ValueError, tf.errors.OpError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        first = _layer_names(model, (str(err).strip().splitlines()
+                                     or [type(err).__name__])[0])[:300]
         raise KbftError(f"The weights in {where or path} do not fit the model rebuilt from "
                         f"its config: {first}") from None
     rebuilt = len({id(v) for v in model.variables})
@@ -179,6 +188,14 @@ def restore_weights(model, path: str, *, reader: str = "model", where: str = "")
                         f"its config: they hold {saved} model variables, the model {rebuilt} "
                         "(the encoder or head differs from the one they were trained with).")
     status.expect_partial()  # only the extra values are unread: every variable matched
+
+
+def _layer_names(model, message: str) -> str:
+    """TensorFlow's restore errors name a Keras layer by its checkpoint key,
+    `layer_with_weights-N` (the N-th layer that has weights): the layer's own name instead."""
+    layers = [layer for layer in getattr(model, "layers", []) if layer.weights]
+    return re.sub(r"layer_with_weights-(\d+)", lambda m: layers[int(m.group(1))].name
+                  if int(m.group(1)) < len(layers) else m.group(0), message)
 
 
 def _saved_model_variables(path: str, reader: str):

@@ -7,11 +7,23 @@ GPUs of compute capability 8.0 and up (Ampere on), and CPUs with AVX512-BF16 or 
 keeps float32 elsewhere, where bfloat16 would be converted in software. (On a 2-core
 CPU with AVX512-BF16, docs/measurements.md: `mixed_bfloat16` trained 1.25x faster at
 the same accuracy.) `kbft doctor` prints the choice and why.
+
+`KBFT_CPU_BFLOAT16=0` in the environment keeps `auto` at float32 on such CPUs (the same
+numbers on every CPU, e.g. to compare runs across machines; the test suite sets it).
+TPUs and GPUs are not affected; an explicit `mixed_precision` always wins.
 """
+
+import os
 
 from typing import Iterable, Optional, Sequence, Tuple
 
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+CPU_BF16_ENV = "KBFT_CPU_BFLOAT16"
+
+
+def cpu_bfloat16_allowed() -> bool:
+    """False when `KBFT_CPU_BFLOAT16` is 0 / false / no / off: `auto` stays float32 on CPUs."""
+    return os.environ.get(CPU_BF16_ENV, "").strip().lower() not in ("0", "false", "no", "off")
 
 
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> Tuple[str, ...]:
@@ -37,7 +49,7 @@ def gpu_capabilities() -> Tuple[Tuple[int, int], ...]:
 
 
 def choose_precision(*, tpu: bool, gpus: Sequence[Tuple[int, int]],
-                     flags: Iterable[str]) -> Tuple[str, str]:
+                     flags: Iterable[str], cpu_bfloat16: bool = True) -> Tuple[str, str]:
     """(policy, reason) for this hardware: the rule `auto` follows."""
     if tpu:
         return "mixed_bfloat16", "TPUs compute in bfloat16 natively"
@@ -49,6 +61,9 @@ def choose_precision(*, tpu: bool, gpus: Sequence[Tuple[int, int]],
         return "float32", (f"GPU compute capability {oldest[0]}.{oldest[1]} has no native "
                            "bfloat16 (8.0 and up do); mixed_float16 is this GPU's option")
     native = sorted(set(flags) & set(CPU_BF16_FLAGS))
+    if native and not cpu_bfloat16:
+        return "float32", (f"this CPU computes bfloat16 natively ({', '.join(native)}), but "
+                           f"{CPU_BF16_ENV}=0 keeps float32")
     if native:
         return "mixed_bfloat16", f"this CPU computes bfloat16 natively ({', '.join(native)})"
     return "float32", ("this CPU has neither AVX512-BF16 nor AMX, so bfloat16 would be "
@@ -70,7 +85,7 @@ def auto_precision(strategy=None) -> Tuple[str, str]:
     on_tpu = strategy is not None and is_tpu(strategy)
     cpu = on_tpu or (strategy is not None and _cpu_only(strategy))
     return choose_precision(tpu=on_tpu, gpus=() if cpu else gpu_capabilities(),
-                            flags=cpu_flags())
+                            flags=cpu_flags(), cpu_bfloat16=cpu_bfloat16_allowed())
 
 
 def resolve_precision(requested: Optional[str], strategy=None) -> str:
