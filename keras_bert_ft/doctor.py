@@ -152,10 +152,8 @@ def device_findings() -> List[Finding]:
                             "this TensorFlow build does not use the GPU.",
                             "pip install 'tensorflow[and-cuda]~=2.20.0'")]
     findings.append(Finding("ok", "strategy", f"get_strategy('auto') picks: {describe_auto()}"))
-    from keras_bert_ft.training.precision import (choose_precision, cpu_bfloat16_allowed,
-                                                  cpu_flags, gpu_capabilities)
-    policy, why = choose_precision(tpu=bool(tpus), gpus=gpu_capabilities(), flags=cpu_flags(),
-                                   cpu_bfloat16=cpu_bfloat16_allowed())
+    from keras_bert_ft.training.precision import gpu_capabilities, precision_here
+    policy, why = precision_here(tpu=bool(tpus), gpus=gpu_capabilities())
     findings.append(Finding("ok", "precision", f"--mixed-precision auto picks {policy}: {why}"))
     findings.append(onednn_finding(os.environ))
     return findings

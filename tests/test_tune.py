@@ -377,7 +377,7 @@ def test_refit_epochs_are_the_kept_ones_and_training_stops_there():
     model = keras.Sequential([keras.layers.Dense(1, input_shape=(2,))])
     model.compile(loss="mse", optimizer="sgd")
     history = model.fit(np.ones((4, 2)), np.ones(4), epochs=3, verbose=0,
-                        callbacks=[tune_lib.StopAfterEpochs(2)])
+                        callbacks=[tune_lib.stop_after_epochs(2)])
     assert len(history.history["loss"]) == 2
 
 

@@ -63,13 +63,14 @@ def export_onnx(result, output_dir: str, opset: int = 17, name: str = "output") 
     check_onnx_task(result.task)
     check_onnx_dir(output_dir, name)
     tf2onnx = _converter()
-    result = float32_result(result)
-    serving = result.serving
-    pre = serving.preprocessor
+    pre = result.serving.preprocessor
     if pre.lower_case is None or not pre.source.endswith(".txt"):
         raise KbftError("--format onnx needs a vocab.txt preprocessor (the runner tokenises "
                         "with it); this model's is a TF-Hub preprocess model. "
                         f"Received: preprocessor={pre.source!r}", argument="format")
+    result = float32_result(result)  # after the refusals: it may build a model
+    serving = result.serving
+    pre = serving.preprocessor
     keys = ("score",) if result.task == "regression" else ("probabilities",)
     spec = [tf.TensorSpec([None, None], tf.int32, name=k) for k in INPUTS]
 

@@ -237,20 +237,18 @@ def refit_epochs(row: dict, config: FineTuneConfig) -> int:
     return int(best_epoch) if isinstance(best_epoch, int) and best_epoch > 0 else config.epochs
 
 
-class StopAfterEpochs:
+def stop_after_epochs(epochs: int):
     """A tf_keras callback that ends training after `epochs` epochs, so a refit follows
     the best trial's learning-rate schedule (planned for all of its epochs) up to the
     epoch it kept."""
+    from keras_bert_ft._keras import keras
 
-    def __new__(cls, epochs: int):
-        from keras_bert_ft._keras import keras
+    class StopAfterEpochs(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 >= epochs:
+                self.model.stop_training = True
 
-        class _Stop(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                if epoch + 1 >= epochs:
-                    self.model.stop_training = True
-
-        return _Stop()
+    return StopAfterEpochs()
 
 
 def refit_run(task, train, validation, config: FineTuneConfig, row: dict, test,
@@ -269,7 +267,7 @@ def refit_run(task, train, validation, config: FineTuneConfig, row: dict, test,
     if config.verbose:
         print(f"refit: trial {row['trial']}'s settings on {len(data)} training + validation "
               f"examples, {epochs} of {config.epochs} epochs -> {output_dir}", flush=True)
-    stop = [StopAfterEpochs(epochs)] if epochs < config.epochs else []
+    stop = [stop_after_epochs(epochs)] if epochs < config.epochs else []
     result = fine_tune(data, None, refit_config, test=test, callbacks=stop)
     result.metrics.setdefault("epochs_trained", len(result.history.get("loss", [])))
     result.save(output_dir)

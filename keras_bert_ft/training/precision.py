@@ -79,13 +79,18 @@ def _cpu_only(strategy) -> bool:
     return bool(devices) and all("CPU" in d.upper() for d in devices)
 
 
+def precision_here(*, tpu: bool, gpus: Sequence[Tuple[int, int]]) -> Tuple[str, str]:
+    """`choose_precision` with this machine's CPU flags and `KBFT_CPU_BFLOAT16`."""
+    return choose_precision(tpu=tpu, gpus=gpus, flags=cpu_flags(),
+                            cpu_bfloat16=cpu_bfloat16_allowed())
+
+
 def auto_precision(strategy=None) -> Tuple[str, str]:
     """(policy, reason) on this machine, for `strategy` (None: what TensorFlow sees)."""
     from keras_bert_ft.training.tpu import is_tpu
     on_tpu = strategy is not None and is_tpu(strategy)
     cpu = on_tpu or (strategy is not None and _cpu_only(strategy))
-    return choose_precision(tpu=on_tpu, gpus=() if cpu else gpu_capabilities(),
-                            flags=cpu_flags(), cpu_bfloat16=cpu_bfloat16_allowed())
+    return precision_here(tpu=on_tpu, gpus=() if cpu else gpu_capabilities())
 
 
 def resolve_precision(requested: Optional[str], strategy=None) -> str:
