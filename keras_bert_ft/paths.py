@@ -48,3 +48,21 @@ def cache_dir() -> str:
         return os.environ["KBFT_CACHE_DIR"]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "keras_bert_ft")
+
+
+def write_whole(path: str, data: bytes) -> None:
+    """Writes `data` to `path` under a temporary name, then renames it into place: a reader
+    sees the old file or the new one, never half of one (the cache is shared by
+    concurrent runs). Creates the folder; an OSError leaves no temporary file behind."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise

@@ -229,3 +229,29 @@ def test_an_unwritable_cache_only_means_checking_every_time(encoder4, tmp_path, 
     blocker.write_text("not a folder")
     monkeypatch.setenv("KBFT_CACHE_DIR", str(blocker / "cache"))
     assert NativeEncoder(encoder4).activation in ("exact_gelu", "tanh_gelu")
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_functional_construction_signature_equals_tf_keras_traced_one(encoder4, policy):
+    """NativeEncoder gives a functional model's construction its KerasTensors from shapes
+    and dtypes instead of tracing the forward pass: they equal the ones tf_keras' own
+    `_infer_output_signature` traces, with and without `output_range` and a fixed length;
+    a call it does not describe (an extra argument) falls back to tracing."""
+    from keras_bert_ft.training.build import precision_policy
+    with precision_policy(policy):
+        encoder = NativeEncoder(encoder4)
+    described = lambda out: tf.nest.map_structure(
+        lambda t: (t.shape.as_list(), t.dtype.name), out)
+    for length in (None, 6):
+        inputs = {k: keras.Input((length,), dtype=tf.int32, name=k) for k in _inputs()}
+        for kwargs in ({}, {"output_range": 1}, {"output_range": 2, "training": False}):
+            assert encoder._output_signature(inputs, (), kwargs) is not None
+            got = encoder._infer_output_signature(inputs, (), kwargs, None)
+            traced = keras.layers.Layer._infer_output_signature(encoder, inputs, (), kwargs,
+                                                                None)
+            assert described(got) == described(traced), (length, kwargs)
+    assert encoder._output_signature(inputs, (), {"extra": 1}) is None
+    assert encoder._output_signature(inputs["input_word_ids"], (), {}) is None
+    model = keras.Model(inputs, encoder(inputs, output_range=1)["pooled_output"])
+    np.testing.assert_allclose(model(_inputs()).numpy(),
+                               encoder(_inputs())["pooled_output"].numpy(), atol=1e-6)

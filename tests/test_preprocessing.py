@@ -93,3 +93,35 @@ def test_errors_vocab_missing(tmp_path):
 def test_errors_preprocessor_handle_missing(tmp_path):
     with pytest.raises(KbftError, match="Received: encoder="):
         Preprocessor.from_hub(str(tmp_path / "nothing"))
+
+
+def test_fast_tokenizer_models_are_cached_and_checked(vocab_file, tmp_path, monkeypatch):
+    """The compiled WordPiece and normaliser models are written to the cache folder once
+    and read back by the next preprocessor of the same vocab and casing (the same ids);
+    a changed cache file fails its digest and is compiled again; another casing is
+    another entry."""
+    import os
+    import tensorflow_text as text
+    monkeypatch.setenv("KBFT_CACHE_DIR", str(tmp_path))
+    texts = tf.constant(["The MOVIE was good!", "films zebra, Déjà vu"])
+    first = Preprocessor.from_vocab(vocab_file, seq_length=12)(texts)["input_word_ids"]
+    [entry] = os.listdir(tmp_path / "tokenizers")
+    folder = tmp_path / "tokenizers" / entry
+    assert sorted(os.listdir(folder)) == ["index.json", "normalizer.bin", "wordpiece.bin"]
+    built = []
+    original = text.FastWordpieceTokenizer.__init__
+
+    def counting(self, vocab=None, *args, **kwargs):
+        built.append(vocab is not None)
+        return original(self, vocab, *args, **kwargs)
+
+    monkeypatch.setattr(text.FastWordpieceTokenizer, "__init__", counting)
+    again = Preprocessor.from_vocab(vocab_file, seq_length=12)(texts)["input_word_ids"]
+    assert built == [False]  # read from the cache, not compiled
+    assert again.numpy().tolist() == first.numpy().tolist()
+    (folder / "wordpiece.bin").write_bytes(b"not a model")
+    redone = Preprocessor.from_vocab(vocab_file, seq_length=12)(texts)["input_word_ids"]
+    assert built == [False, True]  # compiled again, and the cache rewritten
+    assert redone.numpy().tolist() == first.numpy().tolist()
+    Preprocessor.from_vocab(vocab_file, lower_case=False, seq_length=12)
+    assert len(os.listdir(tmp_path / "tokenizers")) == 2

@@ -53,17 +53,13 @@ def _is_punctuation(c: str) -> bool:
 
 def grown_vocab_file(vocab: Sequence[str], words: Sequence[str]) -> str:
     """The old tokens, then `words`, as a vocab.txt in the cache folder."""
-    from keras_bert_ft.paths import cache_dir
+    from keras_bert_ft.paths import cache_dir, write_whole
     text = "\n".join(list(vocab) + list(words)) + "\n"
     # Named vocab.txt (in a folder named by its contents): the asset keeps the name.
     folder = os.path.join(cache_dir(), "vocab", hashlib.sha1(text.encode()).hexdigest()[:16])
     path = os.path.join(folder, "vocab.txt")
     if not os.path.isfile(path):
-        os.makedirs(folder, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        write_whole(path, text.encode("utf-8"))
     return path
 
 

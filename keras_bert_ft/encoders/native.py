@@ -147,6 +147,46 @@ class NativeEncoder(LayerGroups, keras.layers.Layer):
         return {"sequence_output": x, "pooled_output": by_name["pooler_transform"](x[:, 0, :]),
                 "encoder_outputs": outputs}
 
+    def _infer_output_signature(self, inputs, args, kwargs, input_masks):
+        """The KerasTensors a functional model's construction gets from this layer, from
+        shapes and dtypes alone. tf_keras would trace the whole forward pass into a
+        scratch graph for them (a quarter second of every model build, before the
+        training step traces it again). Equal to tf_keras' own
+        (tests/test_native_encoder.py); any other call falls back to it."""
+        signature = self._output_signature(inputs, args, kwargs)
+        if signature is None:
+            return super()._infer_output_signature(inputs, args, kwargs, input_masks)
+        self._maybe_build(inputs)
+        self._set_save_spec(inputs, args, kwargs)
+        from tf_keras.src.engine import keras_tensor
+        return tf.nest.map_structure(keras_tensor.KerasTensor, signature)
+
+    def _output_signature(self, inputs, args, kwargs):
+        """TensorSpecs of `call(inputs, output_range=...)`'s outputs, or None for a call
+        this does not describe (other arguments, inputs other than BERT's three)."""
+        if args or set(kwargs) - {"output_range", "training"}:
+            return None
+        output_range = kwargs.get("output_range")
+        if not isinstance(inputs, dict) or set(inputs) != {"input_word_ids", "input_mask",
+                                                           "input_type_ids"}:
+            return None
+        shape = inputs["input_word_ids"].shape
+        if shape.rank != 2 or (output_range is not None and (
+                isinstance(output_range, bool) or not isinstance(output_range, int))):
+            return None
+        batch, length = shape
+        width = self.hidden_size
+        by_name = {layer.name: layer for layer in self.bert.layers}
+        norm = by_name[f"transformer/layer_{self.num_layers - 1}"]._output_layer_norm
+        hidden = tf.TensorSpec([batch, length, width], norm.compute_dtype)
+        last = length if output_range is None or length is None else \
+            len(range(length)[:output_range])
+        return {"sequence_output": tf.TensorSpec([batch, last, width], norm.compute_dtype),
+                "pooled_output": tf.TensorSpec([batch, width],
+                                               by_name["pooler_transform"].compute_dtype),
+                "encoder_outputs": [hidden] * (self.num_layers - 1)
+                + [tf.TensorSpec([batch, last, width], norm.compute_dtype)]}
+
     @property
     def hidden_size(self) -> int:
         return int(self._groups["embeddings"][0].shape[-1])
@@ -293,18 +333,11 @@ def _remember_check(key: Optional[str], activation: str) -> None:
     checks.pop(key, None)
     checks[key] = activation
     checks = dict(list(checks.items())[-_CHECKS_KEPT:])  # the most recent ones
-    path = _checks_path()
-    tmp = f"{path}.{os.getpid()}.tmp"
+    from keras_bert_ft.paths import write_whole
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(tmp, "w") as f:
-            json.dump(checks, f)
-        os.replace(tmp, path)
+        write_whole(_checks_path(), json.dumps(checks).encode())
     except OSError:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
+        pass
 
 
 def _values(restored):

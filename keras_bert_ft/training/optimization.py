@@ -96,9 +96,10 @@ class AdamW(keras.optimizers.Optimizer):
             self._scalars = {}
 
     def _step_scalars(self, variable):
-        """(learning rate, beta_1^t, beta_2^t) of this step in `variable`'s dtype, made
-        once per step per graph and device rather than once per variable: the schedule
-        and the powers would otherwise be traced ~100 times into every train step."""
+        """(learning rate, beta_1^t, beta_2^t, beta_1, beta_2, epsilon, weight decay) of
+        this step in `variable`'s dtype, made once per step per graph and device rather
+        than once per variable: the schedule, the powers and the constants would otherwise
+        be traced ~100 times into every train step."""
         dtype = variable.dtype.base_dtype
         graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
         key = (id(graph), variable.device, dtype)
@@ -113,7 +114,11 @@ class AdamW(keras.optimizers.Optimizer):
                           tf.pow(tf.cast(self.beta_2, dtype), step))
             else:  # Adam's step with powers 0 is the uncorrected one
                 powers = (tf.zeros([], dtype), tf.zeros([], dtype))
-            cache[key] = (graph, (lr, *powers))  # the graph held: its id stays unique
+            constants = [tf.constant(value, dtype) for value in
+                         (self.beta_1, self.beta_2, self.epsilon)]
+            decay = None if self.weight_decay is None else tf.cast(self.weight_decay, dtype)
+            # the graph held: its id stays unique
+            cache[key] = (graph, (lr, *powers, *constants, decay))
         return cache[key][1]
 
     def update_step(self, gradient, variable):
@@ -121,13 +126,14 @@ class AdamW(keras.optimizers.Optimizer):
             gradient = tf.convert_to_tensor(gradient)
         dtype = variable.dtype.base_dtype
         key = self._var_key(variable)
-        lr, beta_1_power, beta_2_power = self._step_scalars(variable)
+        lr, beta_1_power, beta_2_power, beta_1, beta_2, epsilon, decay = \
+            self._step_scalars(variable)
         factor = self._multipliers.get(key, 1.0)
         if factor != 1.0:
             lr = lr * factor
-        if self.weight_decay is not None and self._use_weight_decay(variable):
+        if decay is not None and self._use_weight_decay(variable):
             # Decoupled: shrink by lr x decay before the Adam step, like Keras does.
-            variable.assign_sub(variable * (tf.cast(self.weight_decay, dtype) * lr))
+            variable.assign_sub(variable * (decay * lr))
         index = self._index_dict[key]
         # TensorFlow's fused Adam kernel, one pass over the variable and its slots:
         # m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
@@ -135,8 +141,7 @@ class AdamW(keras.optimizers.Optimizer):
         tf.raw_ops.ResourceApplyAdam(
             var=variable.handle, m=self._momentums[index].handle,
             v=self._velocities[index].handle, beta1_power=beta_1_power,
-            beta2_power=beta_2_power, lr=lr, beta1=tf.constant(self.beta_1, dtype),
-            beta2=tf.constant(self.beta_2, dtype), epsilon=tf.constant(self.epsilon, dtype),
+            beta2_power=beta_2_power, lr=lr, beta1=beta_1, beta2=beta_2, epsilon=epsilon,
             grad=tf.cast(gradient, dtype), use_locking=False)
 
     def get_config(self):
