@@ -18,7 +18,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import tf_keras as keras  # noqa: E402
 
-__all__ = ["keras", "check_tf_keras", "without_layer_traces"]
+__all__ = ["keras", "check_tf_keras", "without_layer_traces", "keras_tensors"]
 
 
 def without_layer_traces():
@@ -32,6 +32,18 @@ def without_layer_traces():
         import contextlib
         return contextlib.nullcontext()
     return keras_option_scope(save_traces=False)
+
+
+def keras_tensors(specs):
+    """tf_keras' symbolic tensors (what functional models are wired with) for a nest of
+    `tf.TensorSpec`s; None when this tf_keras has no such type (then a layer lets tf_keras
+    trace its call for them, as usual)."""
+    try:
+        from tf_keras.src.engine.keras_tensor import KerasTensor
+    except ImportError:
+        return None
+    import tensorflow as tf
+    return tf.nest.map_structure(KerasTensor, specs)
 
 # kind -> the namespace that holds it, in tf_keras and in Keras 3 alike.
 KINDS = {"callback": "callbacks", "metric": "metrics", "layer": "layers",

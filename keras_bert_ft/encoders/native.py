@@ -153,13 +153,14 @@ class NativeEncoder(LayerGroups, keras.layers.Layer):
         scratch graph for them (a quarter second of every model build, before the
         training step traces it again). Equal to tf_keras' own
         (tests/test_native_encoder.py); any other call falls back to it."""
+        from keras_bert_ft._keras import keras_tensors
         signature = self._output_signature(inputs, args, kwargs)
-        if signature is None:
+        outputs = None if signature is None else keras_tensors(signature)
+        if outputs is None:
             return super()._infer_output_signature(inputs, args, kwargs, input_masks)
         self._maybe_build(inputs)
         self._set_save_spec(inputs, args, kwargs)
-        from tf_keras.src.engine import keras_tensor
-        return tf.nest.map_structure(keras_tensor.KerasTensor, signature)
+        return outputs
 
     def _output_signature(self, inputs, args, kwargs):
         """TensorSpecs of `call(inputs, output_range=...)`'s outputs, or None for a call
