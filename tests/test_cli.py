@@ -197,3 +197,26 @@ def test_errors_url_handle_offline(capsys, monkeypatch, tmp_path, sentiment_file
     _one_line_error(capsys, ["train", "--encoder", url, "--train", sentiment_files[0],
                              "--output", str(tmp_path / "run")],
                     "pass the local folder or a gs:// path")
+
+
+def test_the_kbft_command_ends_at_once_with_its_output_and_exit_code(monkeypatch):
+    """`kbft` (the console script) ends its process without Python's teardown of
+    TensorFlow: what it printed to a pipe (buffered) still arrives whole, and the exit
+    code is main's; under TF_CONFIG (a multi-worker cluster) it exits the ordinary way."""
+    import keras_bert_ft.cli.app as app
+    proc = subprocess.run([sys.executable, "-m", "keras_bert_ft.cli", "doctor"],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.rstrip().splitlines()[-1].endswith("warning(s)"), proc.stdout[-500:]
+    exits = []
+    monkeypatch.setattr(app, "main", lambda: 2)
+    monkeypatch.setattr(app.os, "_exit", exits.append)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(SystemExit):  # _exit recorded, so the ordinary exit follows
+        app.console()
+    assert exits == [2]
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {}}')
+    with pytest.raises(SystemExit) as ended:
+        app.console()
+    assert exits == [2] and ended.value.code == 2

@@ -81,7 +81,7 @@ def test_wheel_holds_the_package_and_nothing_else(wheel):
     # and any data file next to the code is declared in setup.cfg's package_data.
     missing = sorted(package_files(source) - names)
     assert not missing, f"files of {PACKAGE}/ missing from the wheel: {missing}"
-    assert re.search(r"^kbft = keras_bert_ft\.cli:main$", entry_points, re.M), entry_points
+    assert re.search(r"^kbft = keras_bert_ft\.cli:console$", entry_points, re.M), entry_points
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,3 @@
-import sys
+from keras_bert_ft.cli.app import console
 
-from keras_bert_ft.cli.app import main
-
-sys.exit(main())
+console()
