@@ -182,11 +182,11 @@ class NativeEncoder(LayerGroups, keras.layers.Layer):
         hidden = tf.TensorSpec([batch, length, width], norm.compute_dtype)
         last = length if output_range is None or length is None else \
             len(range(length)[:output_range])
-        return {"sequence_output": tf.TensorSpec([batch, last, width], norm.compute_dtype),
+        sequence = tf.TensorSpec([batch, last, width], norm.compute_dtype)  # the last layer's
+        return {"sequence_output": sequence,
                 "pooled_output": tf.TensorSpec([batch, width],
                                                by_name["pooler_transform"].compute_dtype),
-                "encoder_outputs": [hidden] * (self.num_layers - 1)
-                + [tf.TensorSpec([batch, last, width], norm.compute_dtype)]}
+                "encoder_outputs": [hidden] * (self.num_layers - 1) + [sequence]}
 
     @property
     def hidden_size(self) -> int:
