@@ -18,7 +18,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import tf_keras as keras  # noqa: E402
 
-__all__ = ["keras", "check_tf_keras", "without_layer_traces", "keras_tensors"]
+__all__ = ["keras", "check_tf_keras", "without_layer_traces", "keras_tensors", "stored_value"]
 
 
 def without_layer_traces():
@@ -44,6 +44,20 @@ def keras_tensors(specs):
         return None
     import tensorflow as tf
     return tf.nest.map_structure(KerasTensor, specs)
+
+def stored_value(variable):
+    """The value `variable` holds, in the dtype it is stored in, also where a mixed-precision
+    policy's autocast is on (inside a layer's call tf_keras reads its AutoCastVariables in
+    the compute dtype, bfloat16 or float16)."""
+    try:
+        from tf_keras.src.mixed_precision.autocast_variable import enable_auto_cast_variables
+    except ImportError:  # a tf_keras without it: variables read as stored
+        import contextlib
+        enable_auto_cast_variables = lambda dtype: contextlib.nullcontext()  # noqa: E731
+    import tensorflow as tf
+    with enable_auto_cast_variables(None):
+        return tf.convert_to_tensor(variable)
+
 
 # kind -> the namespace that holds it, in tf_keras and in Keras 3 alike.
 KINDS = {"callback": "callbacks", "metric": "metrics", "layer": "layers",

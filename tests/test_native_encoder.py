@@ -160,6 +160,25 @@ def test_inference_block_equals_the_tf_models_block_and_its_gradients(encoder4):
                                        err_msg=name)
 
 
+def test_inference_block_under_mixed_bfloat16_is_the_block_within_its_rounding(encoder4):
+    """Under mixed_bfloat16 `inference_block` keeps the activation in bfloat16, fused into
+    the first matmul, where tf-models computes it in float32: the outputs stay within
+    bfloat16's rounding of the block's own (layer norms in float32, as the block's)."""
+    from keras_bert_ft.encoders.native import attention_adder, inference_block
+    from keras_bert_ft.training.build import precision_policy
+    with precision_policy("mixed_bfloat16"):
+        encoder = NativeEncoder(encoder4)
+    block = encoder.bert.get_layer("transformer/layer_1")
+    inputs = _inputs()
+    x = tf.random.stateless_normal((2, 6, 32), seed=(1, 2))
+    mask = tf.cast(inputs["input_mask"][:, None, :] * tf.ones((2, 6, 1), tf.int32), tf.float32)
+    want = block([x, mask], training=False)
+    got = inference_block(block, x, attention_adder(mask, tf.bfloat16))
+    assert got.dtype == want.dtype == tf.float32
+    difference = np.abs(got.numpy() - want.numpy())
+    assert difference.max() < 0.1 and difference.mean() < 0.02, difference.max()
+
+
 def test_mixed_bfloat16_reaches_the_native_encoder(encoder4):
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_bfloat16")

@@ -371,17 +371,17 @@ def test_batches_hold_texts_of_equal_token_length_and_outputs_keep_input_order(c
     packed = serving.preprocessor(tf.constant(texts))["input_mask"].numpy().sum(axis=1)
     np.testing.assert_array_equal(lengths, packed)
     seen = []
-    serve = serving.serve_fn
+    serve, batch_fn = serving.serve_fn, serving._serve_batch
 
     def recording(*batch):
         seen.append([x.decode() for x in batch[0].numpy()])
-        return serve(*batch)
+        return batch_fn(*batch)
 
-    serving.serve_fn = recording
+    serving._serve_batch = recording
     try:
         together = serving.run(texts, batch_size=2)[0]["probabilities"]
     finally:
-        serving.serve_fn = serve
+        del serving._serve_batch
     by_text = dict(zip(texts, lengths))
     assert [by_text[t] for batch in seen for t in batch] == sorted(lengths.tolist())
     for text, row in zip(texts, together):

@@ -371,3 +371,47 @@ def test_embed_options_on_an_ensemble_export_are_refused_by_name():
         signatures(_EnsembleServing(), {"embed_pooling": "cls"})
     with pytest.raises(KbftError, match="embed_normalize.*ensemble"):
         signatures(_EnsembleServing(), {"embed_normalize": True})
+
+
+def test_final_weights_are_served_as_constants_and_read_again_when_changed(runs):
+    """Once training ends (and for a restored model), `run` (predict, evaluate) serves
+    through a copy of `serve_fn` that holds the encoder's projection weights as constants,
+    so that oneDNN packs each weight once rather than on every call. Its outputs equal
+    `serve_fn`'s; when the variables change afterwards (further training, loaded
+    weights), the next call sees it and reads them again."""
+    from keras_bert_ft.export import serving as serving_lib
+    from keras_bert_ft.export.restore import restore
+    result, path = runs["pair"]
+    serving = result.serving
+    assert serving.weights_final and restore(path).serving.weights_final
+    columns = [TEXTS, PAIRS]
+
+    def served():
+        return serving.serve_fn(*[tf.constant(c) for c in columns])["probabilities"].numpy()
+
+    want = served()
+    np.testing.assert_allclose(serving.run(*columns)[0]["probabilities"], want, atol=1e-6)
+    constant = serving_lib._CONSTANT_FNS[serving]
+    encoder = next(m for m in result.model.submodules if isinstance(m, LayerGroups))
+    joined = (encoder.hidden_size, 3 * encoder.hidden_size)  # queries, keys, values
+    assert joined in _constant_shapes(constant)
+    assert joined not in _constant_shapes(serving.serve_fn.get_concrete_function())
+    kernel = encoder.bert.get_layer("transformer/layer_1")._intermediate_dense.kernel
+    before = kernel.numpy()
+    try:
+        kernel.assign(np.random.RandomState(0).normal(size=before.shape).astype(before.dtype))
+        changed = served()
+        assert np.abs(changed - want).max() > 1e-3
+        np.testing.assert_allclose(serving.run(*columns)[0]["probabilities"], changed,
+                                   atol=1e-6)
+        assert serving_lib._CONSTANT_FNS[serving] is not constant  # traced again
+    finally:
+        kernel.assign(before)
+    np.testing.assert_allclose(serving.run(*columns)[0]["probabilities"], want, atol=1e-6)
+
+
+def _constant_shapes(concrete):
+    graph = concrete.graph.as_graph_def()
+    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+    return {tuple(d.size for d in n.attr["value"].tensor.tensor_shape.dim)
+            for n in nodes if n.op == "Const"}

@@ -18,6 +18,7 @@ from typing import Optional
 import tensorflow as tf
 
 from keras_bert_ft.config import SENTENCE_TASKS
+from keras_bert_ft.encoders.native import portable_ops
 from keras_bert_ft.errors import KbftError
 from keras_bert_ft.export import onnx_runner
 
@@ -91,9 +92,10 @@ def export_onnx(result, output_dir: str, opset: int = 17, name: str = "output") 
 
     def write(folder):
         os.makedirs(folder, exist_ok=True)
-        tf2onnx.convert.from_function(function, input_signature=spec, opset=opset,
-                                      custom_op_handlers={"Erfc": (_erfc, [])},
-                                      output_path=os.path.join(folder, ONNX_FILE))
+        with portable_ops():  # traced here: no op that tf2onnx lacks
+            tf2onnx.convert.from_function(function, input_signature=spec, opset=opset,
+                                          custom_op_handlers={"Erfc": (_erfc, [])},
+                                          output_path=os.path.join(folder, ONNX_FILE))
         shutil.copyfile(pre.source, os.path.join(folder, "vocab.txt"))
         with open(os.path.join(folder, TOKENIZER_FILE), "w", encoding="utf-8") as f:
             json.dump(settings, f, indent=2)

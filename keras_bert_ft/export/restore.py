@@ -97,6 +97,7 @@ def rebuild(config, info, load_weights):
     load_weights(model)
     preprocessor = build.build_preprocessor(encoder, config, needs_vocab=task.needs_vocab)
     serving = task.serving(model, preprocessor, config, info)
+    serving.weights_final = True
     return FineTuneResult(model=model, serving=serving, config=config, info=info,
                           history={}, metrics={}, strategy=None)
 

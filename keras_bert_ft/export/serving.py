@@ -4,13 +4,21 @@ Evaluation, `result.predict` and the export all run this same function, so the e
 model sees exactly what training and validation saw.
 """
 
+import collections
 import json
+import weakref
 from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from keras_bert_ft._keras import stored_value
 from keras_bert_ft.errors import bad_argument
+
+# serving -> its function with constant weights (`TaskServing.run`), kept off the module:
+# an export would save it, weights and all
+_CONSTANT_FNS = weakref.WeakKeyDictionary()
+_UNCHANGED = "__weights_unchanged"
 
 
 class TaskServing(tf.Module):
@@ -22,6 +30,13 @@ class TaskServing(tf.Module):
 
     task = ""
     input_names: Sequence[str] = ()
+    # False while the model may still be trained (the runner's evaluations between
+    # epochs): `run` calls `serve_fn`. True once the weights are final (a finished
+    # `fine_tune`, a restored run or export): `run` calls a copy of `serve_fn` traced with
+    # the encoder's projection weights as constants (`encoders.native.constant_weights`),
+    # which checks on every call that those variables still hold the values it was traced
+    # with, and is traced again when they do not.
+    weights_final = False
 
     def __init__(self, model, preprocessor, info: dict):
         super().__init__(name=f"kbft_{self.task}")
@@ -98,7 +113,37 @@ class TaskServing(tf.Module):
 
     def run(self, *columns, batch_size: int = 32) -> List[Dict[str, np.ndarray]]:
         """`serve_fn` over Python string lists in batches: numpy outputs per batch."""
-        return run_batches(lambda *b: self.serve_fn(*b), columns, batch_size)
+        return run_batches(self._serve_batch, columns, batch_size)
+
+    def _serve_batch(self, *batch) -> Dict[str, tf.Tensor]:
+        if not self.weights_final:
+            return self.serve_fn(*batch)
+        fn = _CONSTANT_FNS.get(self) or self._constant_fn()
+        outputs = dict(fn(*batch))
+        if not bool(outputs.pop(_UNCHANGED)):  # trained or loaded since: read them again
+            outputs = dict(self._constant_fn()(*batch))
+            outputs.pop(_UNCHANGED)
+        return outputs
+
+    def _constant_fn(self):
+        """`serve` traced under `constant_weights`, with one more output: whether the
+        variables it read as constants still hold the values it read (the first and last
+        values of each, compared bit for bit)."""
+        from keras_bert_ft.encoders.native import constant_weights
+
+        def serve(*inputs):
+            with constant_weights() as read:
+                outputs = dict(self.serve(*inputs))
+            outputs[_UNCHANGED] = _unchanged(read)
+            return outputs
+
+        spec = tf.TensorSpec([None], tf.string)
+        # the concrete function: a tf.function call would first hash its captures (the
+        # model's variables) to look it up, half a millisecond of every call
+        fn = tf.function(serve, input_signature=[spec] * len(self.input_names),
+                         autograph=False).get_concrete_function()
+        _CONSTANT_FNS[self] = fn
+        return fn
 
 
 class ListServing(TaskServing):
@@ -122,6 +167,28 @@ class ListServing(TaskServing):
         """Decoded outputs for examples given as lists (the graph of `serve`)."""
         return [row for batch in run_lists(self.lists_fn, rows, batch_size)
                 for row in self.decode(batch)]
+
+
+def _unchanged(read, ends: int = 8) -> tf.Tensor:
+    """Whether each variable in `read` (`(variable, value read before)` pairs) now holds
+    those values in its first and last `ends` values, bit for bit (NaN included):
+    optimizer steps and weight loading rewrite every value, so these stand for the whole.
+    One comparison per dtype: cheap beside the model."""
+    now, then = collections.defaultdict(list), collections.defaultdict(list)
+    for variable, value in read:
+        flat, old = tf.reshape(stored_value(variable), [-1]), value.numpy().reshape(-1)
+        if old.size > 2 * ends:
+            flat = tf.concat([flat[:ends], flat[-ends:]], 0)
+            old = np.concatenate([old[:ends], old[-ends:]])
+        now[value.dtype].append(flat)
+        then[value.dtype].append(old)
+    same = [tf.constant(True)]
+    for dtype in now:
+        bits = {2: tf.int16, 4: tf.int32, 8: tf.int64}[dtype.size]
+        same.append(tf.reduce_all(tf.equal(tf.bitcast(tf.concat(now[dtype], 0), bits),
+                                           tf.bitcast(tf.constant(np.concatenate(then[dtype])),
+                                                      bits))))
+    return tf.reduce_all(tf.stack(same))
 
 
 def run_batches(fn: Callable, columns, batch_size: int) -> List[Dict[str, np.ndarray]]:
