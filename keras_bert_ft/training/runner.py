@@ -312,7 +312,8 @@ def fine_tune(train, validation=None, config: Optional[FineTuneConfig] = None, *
     if test_data is not None:  # scored once, with the model kept
         with timer.phase("test"):
             metrics["test"] = task.evaluate(serving, test_data, config, info)[0]
-    serving.weights_final = True  # trained: `predict` may read the weights as constants
+    # trained: `predict` may read the weights as constants (on the host: not TPU variables)
+    serving.weights_final = not tpu.is_tpu(strategy)
     return FineTuneResult(model=model, serving=serving, config=config, info=info,
                           history=_plain_history(history), metrics=metrics, strategy=strategy,
                           errors=errors, timings=timer)
