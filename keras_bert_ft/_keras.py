@@ -45,6 +45,7 @@ def keras_tensors(specs):
     import tensorflow as tf
     return tf.nest.map_structure(KerasTensor, specs)
 
+
 def stored_value(variable):
     """The value `variable` holds, in the dtype it is stored in, also where a mixed-precision
     policy's autocast is on (inside a layer's call tf_keras reads its AutoCastVariables in
