@@ -373,17 +373,26 @@ def test_embed_options_on_an_ensemble_export_are_refused_by_name():
         signatures(_EnsembleServing(), {"embed_normalize": True})
 
 
-def test_final_weights_are_served_as_constants_and_read_again_when_changed(runs):
-    """Once training ends (and for a restored model), `run` (predict, evaluate) serves
-    through a copy of `serve_fn` that holds the encoder's projection weights as constants,
-    so that oneDNN packs each weight once rather than on every call. Its outputs equal
-    `serve_fn`'s; when the variables change afterwards (further training, loaded
-    weights), the next call sees it and reads them again."""
+def test_final_weights_are_served_as_constants_and_read_again_when_changed(
+        runs, encoder2, tmp_path):
+    """Once training ends (and for a restored model), `run` (predict, evaluate) serves a
+    mixed-precision model through a copy of `serve_fn` that holds the encoder's projection
+    weights as constants in the compute dtype: no cast of float32 variables and no oneDNN
+    packing on every call. Its outputs equal `serve_fn`'s; when the variables change
+    afterwards (further training, loaded weights), the next call sees it and reads them
+    again. A float32 model keeps `serve_fn`."""
+    import pandas as pd
     from keras_bert_ft.export import serving as serving_lib
     from keras_bert_ft.export.restore import restore
-    result, path = runs["pair"]
+    float32 = runs["single"][0].serving
+    float32.run(TEXTS)
+    assert float32.weights_final and float32 not in serving_lib._CONSTANT_FNS
+    result = fine_tune(pd.DataFrame(sentence_rows("classification", pair=True)), None,
+                       encoder=encoder2, text_pair_column="sentence2",
+                       **dict(TINY, mixed_precision="mixed_bfloat16"))
     serving = result.serving
-    assert serving.weights_final and restore(path).serving.weights_final
+    restored = restore(result.export(str(tmp_path / "export")))
+    assert serving.weights_final and restored.serving.weights_final
     columns = [TEXTS, PAIRS]
 
     def served():
@@ -398,16 +407,11 @@ def test_final_weights_are_served_as_constants_and_read_again_when_changed(runs)
     assert joined not in _constant_shapes(serving.serve_fn.get_concrete_function())
     kernel = encoder.bert.get_layer("transformer/layer_1")._intermediate_dense.kernel
     before = kernel.numpy()
-    try:
-        kernel.assign(np.random.RandomState(0).normal(size=before.shape).astype(before.dtype))
-        changed = served()
-        assert np.abs(changed - want).max() > 1e-3
-        np.testing.assert_allclose(serving.run(*columns)[0]["probabilities"], changed,
-                                   atol=1e-6)
-        assert serving_lib._CONSTANT_FNS[serving] is not constant  # traced again
-    finally:
-        kernel.assign(before)
-    np.testing.assert_allclose(serving.run(*columns)[0]["probabilities"], want, atol=1e-6)
+    kernel.assign(np.random.RandomState(0).normal(size=before.shape).astype(before.dtype))
+    changed = served()
+    assert np.abs(changed - want).max() > 1e-3
+    np.testing.assert_allclose(serving.run(*columns)[0]["probabilities"], changed, atol=1e-6)
+    assert serving_lib._CONSTANT_FNS[serving] is not constant  # traced again
 
 
 def _constant_shapes(concrete):

@@ -32,16 +32,22 @@ class TaskServing(tf.Module):
     input_names: Sequence[str] = ()
     # False while the model may still be trained (the runner's evaluations between
     # epochs): `run` calls `serve_fn`. True once the weights are final (a finished
-    # `fine_tune`, a restored run or export): `run` calls a copy of `serve_fn` traced with
-    # the encoder's projection weights as constants (`encoders.native.constant_weights`),
-    # which checks on every call that those variables still hold the values it was traced
-    # with, and is traced again when they do not.
+    # `fine_tune`, a restored run or export): then a model that computes in a lower
+    # precision than its variables (mixed_bfloat16, mixed_float16) is run through a copy
+    # of `serve_fn` traced with the encoder's projection weights as constants in the
+    # compute dtype (`encoders.native.constant_weights`), which checks on every call that
+    # those variables still hold the values it was traced with, and is traced again when
+    # they do not. (Float32 models keep `serve_fn`: as float32 constants their batch-1
+    # calls were slower, 17.1 against 11.6 ms on the AMX CPU, docs/measurements.md.)
     weights_final = False
 
     def __init__(self, model, preprocessor, info: dict):
         super().__init__(name=f"kbft_{self.task}")
         self.model = model
         self.preprocessor = preprocessor
+        self._casts_weights = any(
+            getattr(layer, "compute_dtype", None) != getattr(layer, "variable_dtype", None)
+            for layer in [model, *model.submodules] if hasattr(layer, "compute_dtype"))
         # JSON, not a dict attribute: tf.Module would wrap a dict as a trackable
         self._info_json = json.dumps(dict(info, task=self.task,
                                           seq_length=int(preprocessor.seq_length)))
@@ -116,7 +122,7 @@ class TaskServing(tf.Module):
         return run_batches(self._serve_batch, columns, batch_size)
 
     def _serve_batch(self, *batch) -> Dict[str, tf.Tensor]:
-        if not self.weights_final:
+        if not (self.weights_final and self._casts_weights):
             return self.serve_fn(*batch)
         fn = _CONSTANT_FNS.get(self) or self._constant_fn()
         outputs = dict(fn(*batch))
