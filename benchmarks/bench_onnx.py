@@ -66,6 +66,10 @@ def main(argv=None) -> int:
     big = [texts[i:i + 64] for i in range(0, len(texts), 64)]
     want = np.concatenate([tf_run(b) for b in big])
     got = np.concatenate([ort_run(b) for b in big])
+    # what the ONNX model was converted from and checked against: the same graph, in
+    # float32 for a run trained under mixed precision (the export computes in bfloat16)
+    float32 = onnx_export.float32_result(result).serving.serve_fn
+    want32 = np.concatenate([float32(tf.constant(b))["probabilities"].numpy() for b in big])
     single = [[t] for t in texts[:args.single]]
     speed = {}
     for name, fn in (("savedmodel", tf_run), ("onnxruntime", ort_run)):
@@ -80,6 +84,9 @@ def main(argv=None) -> int:
         "run": args.run, "sentences": len(texts),
         "max_abs_probability_difference": float(np.max(np.abs(got - want))),
         "same_labels": int((got.argmax(1) == want.argmax(1)).sum()),
+        "precision": max((layer.dtype_policy.name for layer in result.model.layers),
+                         key=lambda name: "mixed" in name),
+        "max_abs_probability_difference_float32_graph": float(np.max(np.abs(got - want32))),
         "onnx_export_seconds": round(export_seconds, 1),
         "speed": speed,
         "onnx_vs_savedmodel_batch64": round(speed["onnxruntime"]["batch64_examples_per_second"]
